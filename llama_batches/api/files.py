@@ -1,0 +1,106 @@
+"""The Files API: OpenAI's ``/v1/files``, streamed both ways.
+
+Uploads take an async byte stream and content is returned as one, so no file is ever held whole in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from enum import StrEnum
+from typing import Literal, Protocol, runtime_checkable
+
+from openai.types import FileDeleted, FileObject
+from pydantic import BaseModel, Field
+
+from .common import ListResponse, Order
+
+__all__ = [
+    "ExpiresAfter",
+    "FileDeleted",
+    "FileObject",
+    "FilePurpose",
+    "Files",
+    "ListFilesResponse",
+]
+
+
+class FilePurpose(StrEnum):
+    """What a file is for (OpenAI's upload purposes, plus ``batch_output`` for results)."""
+
+    assistants = "assistants"
+    batch = "batch"
+    batch_output = "batch_output"
+    fine_tune = "fine-tune"
+    vision = "vision"
+    user_data = "user_data"
+    evals = "evals"
+
+
+class ExpiresAfter(BaseModel):
+    """A file expiry policy: ``seconds`` after its creation."""
+
+    anchor: Literal["created_at"] = "created_at"
+    seconds: int = Field(ge=3600, le=2_592_000)
+
+
+class ListFilesResponse(ListResponse[FileObject]):
+    """A page of files."""
+
+
+@runtime_checkable
+class Files(Protocol):
+    """Upload, list, read and delete files."""
+
+    async def openai_upload_file(
+        self,
+        file: AsyncIterable[bytes],
+        purpose: FilePurpose,
+        filename: str,
+        expires_after: ExpiresAfter | None = None,
+    ) -> FileObject:
+        """Store a file read from ``file`` chunk by chunk.
+
+        :param file: the content, as an async iterable of byte chunks.
+        :param purpose: what the file is for; ``batch`` for batch input.
+        :param filename: the client's name for the file (kept as metadata only).
+        :param expires_after: when the file expires.
+        :raises PayloadTooLargeError: the content exceeds the provider's limit; nothing is stored.
+        """
+        ...
+
+    async def openai_list_files(
+        self,
+        after: str | None = None,
+        limit: int = 10_000,
+        order: Order = Order.desc,
+        purpose: FilePurpose | None = None,
+    ) -> ListFilesResponse:
+        """List the caller's files by creation time.
+
+        :param after: a file id; the page starts after it.
+        :param limit: page size, 1 to 10,000.
+        :param order: ``desc`` (newest first, default) or ``asc``.
+        :param purpose: only files with this purpose.
+        """
+        ...
+
+    async def openai_retrieve_file(self, file_id: str) -> FileObject:
+        """Return a file's metadata.
+
+        :raises NotFoundError: no such file for this caller.
+        """
+        ...
+
+    async def openai_retrieve_file_content(self, file_id: str) -> AsyncIterator[bytes]:
+        """Return the file's content as a stream of byte chunks.
+
+        Awaiting this raises ``NotFoundError`` for a missing file before any byte is streamed.
+        """
+        ...
+
+    async def openai_delete_file(self, file_id: str) -> FileDeleted:
+        """Delete a file and its content.
+
+        :raises NotFoundError: no such file for this caller.
+        """
+        ...

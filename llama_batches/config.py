@@ -1,0 +1,216 @@
+"""The run config, in llama-stack's format (version 2), and its ``${env.X}`` substitution.
+
+```yaml
+version: 2
+apis: [batches, files, inference]
+providers:
+  inference:
+  - {provider_id: local, provider_type: inline::llama-cpp}
+storage:
+  backends:
+    sql_default: {type: sql_sqlite, db_path: ${env.SQLITE_STORE_DIR:=~/.llama/llama-batches}/sql_store.db}
+registered_resources: {models: []}
+server: {port: 8321}
+```
+
+Substitution follows llama-stack: ``${env.X}`` (X must be set), ``${env.X:=default}`` (X, or the default when X is
+unset or empty) and ``${env.X:+value}`` (value when X is set, else empty). A substituted value ``""`` becomes
+``null``, ``true``/``false`` booleans and digits numbers. A provider whose ``provider_id`` ends up empty is disabled.
+Every error names its path in the config (``providers.files[0].config.storage_dir``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .api.models import ModelType
+from .errors import ConfigError
+from .storage.config import StorageConfig
+
+__all__ = [
+    "ProviderEntry",
+    "RegisteredModel",
+    "RegisteredResources",
+    "RunConfig",
+    "ServerConfig",
+    "format_location",
+    "load_config",
+    "substitute_env",
+    "validation_error",
+]
+
+_ENV_PATTERN = re.compile(r"\$\{env\.([A-Za-z0-9_]+)(?::([=+])([^}]*))?\}")
+_RESOURCE_ID_FIELDS = ("model_id", "shield_id", "vector_db_id", "dataset_id", "scoring_fn_id", "benchmark_id")
+
+
+class ProviderEntry(BaseModel):
+    """One entry of ``providers.<api>``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    provider_id: str
+    provider_type: str
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class RegisteredModel(BaseModel):
+    """A model of ``registered_resources.models``."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+    model_id: str
+    provider_id: str | None = None
+    provider_model_id: str | None = None
+    model_type: ModelType = ModelType.llm
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class RegisteredResources(BaseModel):
+    """``registered_resources``: models are used, other resources are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    models: list[RegisteredModel] = Field(default_factory=list)
+
+
+class ServerConfig(BaseModel):
+    """``server``: where ``llama-batches serve`` listens."""
+
+    model_config = ConfigDict(extra="allow")
+
+    host: str | None = None
+    port: int = 8321
+
+
+class RunConfig(BaseModel):
+    """A llama-stack run config. Keys llama-batches does not use are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    version: int = 2
+    image_name: str | None = None
+    distro_name: str | None = None
+    apis: list[str] = Field(default_factory=list)
+    providers: dict[str, list[ProviderEntry]] = Field(default_factory=dict)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    registered_resources: RegisteredResources = Field(default_factory=RegisteredResources)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+
+
+def format_location(prefix: str, loc: tuple[int | str, ...]) -> str:
+    """``("providers", "files", 0, "config")`` as ``providers.files[0].config`` (after ``prefix``)."""
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path = f"{path}.{part}" if path else str(part)
+    return path
+
+
+def validation_error(prefix: str, error: ValidationError) -> ConfigError:
+    """The first problem of a pydantic ``ValidationError`` as a ConfigError naming its path."""
+    first = error.errors()[0]
+    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+    more = error.error_count() - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return ConfigError(format_location(prefix, loc), first["msg"] + suffix)
+
+
+_UNION_TAGS = frozenset({"sqlite", "postgres", "memory", "other"})
+
+
+class _Substituter:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def value(self, value: Any, path: str) -> Any:
+        if isinstance(value, dict):
+            return {key: self.value(item, format_location(path, (str(key),))) for key, item in value.items()}
+        if isinstance(value, list):
+            return self.items(value, path)
+        if isinstance(value, str):
+            return self.string(value, path)
+        return value
+
+    def items(self, values: list[Any], path: str) -> list[Any]:
+        result = []
+        for i, item in enumerate(values):
+            item_path = f"{path}[{i}]"
+            if isinstance(item, dict) and self._disabled(item, item_path):
+                continue
+            result.append(self.value(item, item_path))
+        return result
+
+    def _disabled(self, item: dict[str, Any], path: str) -> bool:
+        """A provider or resource whose id substitutes to empty (``${env.X:+id}`` with X unset) is dropped."""
+        for key in ("provider_id", *_RESOURCE_ID_FIELDS):
+            if key in item and isinstance(item[key], str) and "${env." in item[key]:
+                resolved = self.string(item[key], f"{path}.{key}")
+                if resolved is None or resolved == "__disabled__":
+                    return True
+        return False
+
+    def string(self, text: str, path: str) -> Any:
+        substituted = _ENV_PATTERN.sub(lambda m: self._replace(m, path), text)
+        return _convert(substituted) if substituted != text else text
+
+    def _replace(self, match: re.Match[str], path: str) -> str:
+        name, operator, argument = match.group(1), match.group(2), match.group(3) or ""
+        current = self.env.get(name)
+        if operator == "=":
+            value = current if current else argument
+        elif operator == "+":
+            value = argument if current else ""
+        elif not current:
+            raise ConfigError(path, f"environment variable {name} is not set (write ${{env.{name}:=default}})")
+        else:
+            value = current
+        return os.path.expanduser(value) if value else ""
+
+
+def _convert(value: str) -> Any:
+    if value == "":
+        return None
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if re.fullmatch(r"-?\d+", value):
+        return int(value)
+    if re.fullmatch(r"-?\d+\.\d+", value):
+        return float(value)
+    return value
+
+
+def substitute_env(raw: Any, env: Mapping[str, str] | None = None) -> Any:
+    """``raw`` (parsed YAML) with every ``${env.X...}`` replaced; disabled providers are dropped."""
+    return _Substituter(os.environ if env is None else env).value(raw, "")
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.expanduser().read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read the config file: {exc.strerror or exc}") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), f"not valid YAML: {exc}") from exc
+
+
+def load_config(source: str | Path | Mapping[str, Any], env: Mapping[str, str] | None = None) -> RunConfig:
+    """Read a run config from a YAML file or a mapping, substitute ``${env...}`` and validate it."""
+    raw = _read_yaml(Path(source)) if isinstance(source, str | Path) else dict(source)
+    if not isinstance(raw, dict):
+        raise ConfigError("", "a run config must be a mapping with 'providers' (and usually 'apis', 'storage')")
+    substituted = substitute_env(raw, env)
+    try:
+        return RunConfig.model_validate(substituted)
+    except ValidationError as exc:
+        raise validation_error("", exc) from exc

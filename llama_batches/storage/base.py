@@ -1,0 +1,104 @@
+"""The storage contract: typed tables of records, each row owned by a principal.
+
+A :class:`Table` keeps pydantic records that have an ``id`` and a ``created_at``. It offers what the providers
+need and nothing they would have to build from a string KV: atomic insert-if-absent, compare-and-set on a row
+version, and listing that costs one page (cursor on ``created_at`` then insertion order, newest first by default).
+Every backend (SQLite, Postgres, memory) implements it and passes the same conformance tests.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+from pydantic import BaseModel
+
+from ..api.common import Order
+
+__all__ = ["Page", "Record", "Stored", "Table", "TableFactory", "check_identifier"]
+
+
+class Record(Protocol):
+    """What a table needs of a record."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def created_at(self) -> int: ...
+
+
+R = TypeVar("R", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class Stored(Generic[R]):
+    """A record as stored, with the version that :meth:`Table.replace` compares against."""
+
+    value: R
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[R]):
+    """One page of a list and whether more follow."""
+
+    items: list[R]
+    has_more: bool
+
+
+class Table(Protocol[R]):
+    """Records of one type, scoped by owner. ``tag`` is an optional indexed label used to filter lists
+    (a file's purpose, a batch's status)."""
+
+    async def insert(self, owner: str, record: R, *, tag: str | None = None) -> bool:
+        """Insert ``record`` unless one with its id exists for ``owner``; True when inserted. Atomic."""
+        ...
+
+    async def get(self, owner: str, record_id: str) -> Stored[R] | None:
+        """The record and its version, or None."""
+        ...
+
+    async def replace(self, owner: str, record: R, *, expected_version: int, tag: str | None = None) -> bool:
+        """Compare-and-set: store ``record`` only if the row is still at ``expected_version``; True when stored."""
+        ...
+
+    async def delete(self, owner: str, record_id: str) -> bool:
+        """Delete the record; True when it existed."""
+        ...
+
+    async def list(
+        self,
+        owner: str,
+        *,
+        after: str | None = None,
+        limit: int = 20,
+        order: Order = Order.desc,
+        tag: str | None = None,
+    ) -> Page[R]:
+        """One page of ``owner``'s records by ``created_at`` (then insertion order), starting after the record
+        ``after``; only those with ``tag`` when given."""
+        ...
+
+
+class TableFactory(Protocol):
+    """Opens tables on a backend."""
+
+    async def table(self, name: str, model: type[R]) -> Table[R]:
+        """The table ``name`` holding ``model`` records, created when missing."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def check_identifier(name: str) -> str:
+    """``name`` if it is safe as a SQL identifier; tables are named from config, never from requests."""
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"'{name}' is not a valid table name (letters, digits and _, at most 63 characters)")
+    return name

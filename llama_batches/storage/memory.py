@@ -1,0 +1,109 @@
+"""In-memory backend: the same :class:`~llama_batches.storage.base.Table` contract in process memory.
+
+It mirrors the SQLite backend's ordering (``created_at`` then insertion order), atomicity and versioning, and
+passes the same conformance tests, so tests and throwaway stacks can use it in place of a database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass
+from typing import Generic, TypeVar, cast
+
+from pydantic import BaseModel
+
+from ..api.common import Order
+from .base import Page, Record, Stored, Table, check_identifier
+
+__all__ = ["MemoryDatabase", "MemoryTable"]
+
+R = TypeVar("R", bound=BaseModel)
+
+
+@dataclass(slots=True)
+class _Row:
+    seq: int
+    created_at: int
+    tag: str | None
+    version: int
+    data: str
+
+
+class MemoryDatabase:
+    """Tables kept in memory for the life of this object."""
+
+    def __init__(self) -> None:
+        self._tables: dict[str, MemoryTable[BaseModel]] = {}
+
+    async def table(self, name: str, model: type[R]) -> Table[R]:
+        """The table ``name`` of ``model`` records (the same object on every call)."""
+        check_identifier(name)
+        if name not in self._tables:
+            self._tables[name] = cast("MemoryTable[BaseModel]", MemoryTable(model))
+        return cast("Table[R]", self._tables[name])
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+class MemoryTable(Generic[R]):
+    """A :class:`~llama_batches.storage.base.Table` in a dict, guarded by one lock."""
+
+    def __init__(self, model: type[R]) -> None:
+        self._model = model
+        self._rows: dict[tuple[str, str], _Row] = {}
+        self._seq = itertools.count(1)
+        self._lock = asyncio.Lock()
+
+    async def insert(self, owner: str, record: R, *, tag: str | None = None) -> bool:
+        rec = cast(Record, record)
+        async with self._lock:
+            if (owner, rec.id) in self._rows:
+                return False
+            self._rows[owner, rec.id] = _Row(next(self._seq), rec.created_at, tag, 1, record.model_dump_json())
+            return True
+
+    async def get(self, owner: str, record_id: str) -> Stored[R] | None:
+        row = self._rows.get((owner, record_id))
+        if row is None:
+            return None
+        return Stored(self._model.model_validate_json(row.data), row.version)
+
+    async def replace(self, owner: str, record: R, *, expected_version: int, tag: str | None = None) -> bool:
+        key = (owner, cast(Record, record).id)
+        async with self._lock:
+            row = self._rows.get(key)
+            if row is None or row.version != expected_version:
+                return False
+            row.data, row.tag, row.version = record.model_dump_json(), tag, row.version + 1
+            return True
+
+    async def delete(self, owner: str, record_id: str) -> bool:
+        async with self._lock:
+            return self._rows.pop((owner, record_id), None) is not None
+
+    async def list(
+        self,
+        owner: str,
+        *,
+        after: str | None = None,
+        limit: int = 20,
+        order: Order = Order.desc,
+        tag: str | None = None,
+    ) -> Page[R]:
+        rows = [
+            row for (row_owner, _), row in self._rows.items() if row_owner == owner and (tag is None or row.tag == tag)
+        ]
+        rows.sort(key=lambda r: (r.created_at, r.seq), reverse=order is Order.desc)
+        if after is not None:
+            anchor = self._rows.get((owner, after))
+            if anchor is None:
+                return Page([], has_more=False)
+            key = (anchor.created_at, anchor.seq)
+            if order is Order.desc:
+                rows = [r for r in rows if (r.created_at, r.seq) < key]
+            else:
+                rows = [r for r in rows if (r.created_at, r.seq) > key]
+        items = [self._model.model_validate_json(r.data) for r in rows[:limit]]
+        return Page(items, has_more=len(rows) > limit)

