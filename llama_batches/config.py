@@ -206,10 +206,10 @@ def _read_yaml(path: Path) -> Any:
 
 def load_config(source: str | Path | Mapping[str, Any], env: Mapping[str, str] | None = None) -> RunConfig:
     """Read a run config from a YAML file or a mapping, substitute ``${env...}`` and validate it."""
-    raw = _read_yaml(Path(source)) if isinstance(source, str | Path) else dict(source)
-    if not isinstance(raw, dict):
+    raw: Any = _read_yaml(Path(source)) if isinstance(source, str | Path) else source
+    if not isinstance(raw, Mapping):
         raise ConfigError("", "a run config must be a mapping with 'providers' (and usually 'apis', 'storage')")
-    substituted = substitute_env(raw, env)
+    substituted = substitute_env(dict(raw), env)
     try:
         return RunConfig.model_validate(substituted)
     except ValidationError as exc:

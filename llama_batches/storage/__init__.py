@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .backends import StorageBackends, table_name
-from .base import Page, Stored, Table, TableFactory
+from .base import Page, RequestResult, ResultLog, ResultTotals, Stored, Table, TableFactory
 from .config import (
     BackendType,
     KVStoreReference,
@@ -11,17 +11,22 @@ from .config import (
     StorageConfig,
     StoreReference,
 )
-from .memory import MemoryDatabase, MemoryTable
-from .sqlite import SqliteDatabase, SqliteTable
+from .memory import MemoryDatabase, MemoryResultLog, MemoryTable
+from .sqlite import SqliteDatabase, SqliteResultLog, SqliteTable
 
 __all__ = [
     "BackendType",
     "KVStoreReference",
     "MemoryDatabase",
+    "MemoryResultLog",
     "MemoryTable",
     "Page",
+    "RequestResult",
+    "ResultLog",
+    "ResultTotals",
     "SqlStoreReference",
     "SqliteDatabase",
+    "SqliteResultLog",
     "SqliteTable",
     "StorageBackends",
     "StorageConfig",

@@ -12,12 +12,11 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from ..errors import ConfigError, MissingExtraError
-from .base import Table, TableFactory
+from ..errors import ConfigError
+from .base import ResultLog, Table, TableFactory
 from .config import (
     BackendConfig,
     MemoryBackendConfig,
-    PostgresBackendConfig,
     SqliteBackendConfig,
     StoreReference,
 )
@@ -53,11 +52,11 @@ class StorageBackends:
             return SqliteDatabase(config.db_path)
         if isinstance(config, MemoryBackendConfig):
             return MemoryDatabase()
-        if isinstance(config, PostgresBackendConfig):
-            raise MissingExtraError(
-                config.type.value, "a PostgreSQL store", "Postgres storage is not available in this release"
-            )
-        raise ConfigError(f"storage.backends.{name}.type", f"backend type '{config.type}' is not supported here")
+        supported = "kv_sqlite, sql_sqlite, kv_memory, sql_memory"
+        raise ConfigError(
+            f"storage.backends.{name}.type",
+            f"backend type '{config.type}' is not supported by this release (supported: {supported})",
+        )
 
     def backend(self, name: str, *, path: str = "") -> TableFactory:
         """The opened backend ``name``; ``path`` names the config entry for errors."""
@@ -68,6 +67,10 @@ class StorageBackends:
     async def table(self, ref: StoreReference, suffix: str, model: type[R], *, path: str = "") -> Table[R]:
         """The table for ``ref`` (plus ``suffix``) holding ``model`` records."""
         return await self.backend(ref.backend, path=path).table(table_name(ref, suffix), model)
+
+    async def result_log(self, ref: StoreReference, suffix: str, *, path: str = "") -> ResultLog:
+        """The result log for ``ref`` (plus ``suffix``)."""
+        return await self.backend(ref.backend, path=path).result_log(table_name(ref, suffix))
 
     async def close(self) -> None:
         """Close every opened backend."""

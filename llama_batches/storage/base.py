@@ -8,7 +8,9 @@ Every backend (SQLite, Postgres, memory) implements it and passes the same confo
 
 from __future__ import annotations
 
+import builtins
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -16,7 +18,17 @@ from pydantic import BaseModel
 
 from ..api.common import Order
 
-__all__ = ["Page", "Record", "Stored", "Table", "TableFactory", "check_identifier"]
+__all__ = [
+    "Page",
+    "Record",
+    "RequestResult",
+    "ResultLog",
+    "ResultTotals",
+    "Stored",
+    "Table",
+    "TableFactory",
+    "check_identifier",
+]
 
 
 class Record(Protocol):
@@ -81,12 +93,72 @@ class Table(Protocol[R]):
         ``after``; only those with ``tag`` when given."""
         ...
 
+    async def list_tagged(self, tags: Sequence[str], *, limit: int = 1000) -> builtins.list[tuple[str, Stored[R]]]:
+        """Records of every owner whose tag is one of ``tags``, oldest first, with their owners (for workers
+        looking for batches to run; an index on the tag keeps it cheap)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RequestResult:
+    """The outcome of one request of a batch: its complete output line, and its token usage."""
+
+    batch_id: str
+    line: int
+    custom_id: str
+    ok: bool
+    output: bytes
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ResultTotals:
+    """What a batch's recorded results add up to."""
+
+    completed: int = 0
+    failed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+class ResultLog(Protocol):
+    """The checkpoint of every finished request, so that a batch resumes without re-running any of them."""
+
+    async def record(self, owner: str, results: Sequence[RequestResult]) -> None:
+        """Store ``results`` in one transaction; a (batch, line) already stored is kept as it was."""
+        ...
+
+    async def done_lines(self, batch_id: str) -> set[int]:
+        """The input lines of ``batch_id`` that have a result."""
+        ...
+
+    async def read(self, batch_id: str, *, ok: bool, after_line: int = 0, limit: int = 1000) -> list[RequestResult]:
+        """Up to ``limit`` successful (``ok``) or failed results of ``batch_id`` after ``after_line``, by line."""
+        ...
+
+    async def totals(self, batch_id: str) -> ResultTotals:
+        """Counts and token sums of ``batch_id``'s results."""
+        ...
+
+    async def delete(self, batch_id: str) -> None:
+        """Forget ``batch_id``'s results."""
+        ...
+
 
 class TableFactory(Protocol):
     """Opens tables on a backend."""
 
     async def table(self, name: str, model: type[R]) -> Table[R]:
         """The table ``name`` holding ``model`` records, created when missing."""
+        ...
+
+    async def result_log(self, name: str) -> ResultLog:
+        """The result log ``name``, created when missing."""
         ...
 
     async def close(self) -> None:

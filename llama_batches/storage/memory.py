@@ -7,16 +7,18 @@ passes the same conformance tests, so tests and throwaway stacks can use it in p
 from __future__ import annotations
 
 import asyncio
+import builtins
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar, cast
 
 from pydantic import BaseModel
 
 from ..api.common import Order
-from .base import Page, Record, Stored, Table, check_identifier
+from .base import Page, Record, RequestResult, ResultLog, ResultTotals, Stored, Table, check_identifier
 
-__all__ = ["MemoryDatabase", "MemoryTable"]
+__all__ = ["MemoryDatabase", "MemoryResultLog", "MemoryTable"]
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -35,6 +37,7 @@ class MemoryDatabase:
 
     def __init__(self) -> None:
         self._tables: dict[str, MemoryTable[BaseModel]] = {}
+        self._logs: dict[str, MemoryResultLog] = {}
 
     async def table(self, name: str, model: type[R]) -> Table[R]:
         """The table ``name`` of ``model`` records (the same object on every call)."""
@@ -42,6 +45,11 @@ class MemoryDatabase:
         if name not in self._tables:
             self._tables[name] = cast("MemoryTable[BaseModel]", MemoryTable(model))
         return cast("Table[R]", self._tables[name])
+
+    async def result_log(self, name: str) -> ResultLog:
+        """The result log ``name`` (the same object on every call)."""
+        check_identifier(name)
+        return self._logs.setdefault(name, MemoryResultLog())
 
     async def close(self) -> None:
         """Nothing to release."""
@@ -107,3 +115,44 @@ class MemoryTable(Generic[R]):
                 rows = [r for r in rows if (r.created_at, r.seq) > key]
         items = [self._model.model_validate_json(r.data) for r in rows[:limit]]
         return Page(items, has_more=len(rows) > limit)
+
+    async def list_tagged(self, tags: Sequence[str], *, limit: int = 1000) -> builtins.list[tuple[str, Stored[R]]]:
+        wanted = set(tags)
+        rows = sorted(
+            ((owner, row) for (owner, _), row in self._rows.items() if row.tag in wanted),
+            key=lambda item: (item[1].created_at, item[1].seq),
+        )
+        return [(owner, Stored(self._model.model_validate_json(row.data), row.version)) for owner, row in rows[:limit]]
+
+
+class MemoryResultLog:
+    """A :class:`~llama_batches.storage.base.ResultLog` in a dict keyed by (batch, line)."""
+
+    def __init__(self) -> None:
+        self._results: dict[str, dict[int, RequestResult]] = {}
+
+    async def record(self, owner: str, results: Sequence[RequestResult]) -> None:
+        for result in results:
+            self._results.setdefault(result.batch_id, {}).setdefault(result.line, result)
+
+    async def done_lines(self, batch_id: str) -> set[int]:
+        return set(self._results.get(batch_id, {}))
+
+    async def read(self, batch_id: str, *, ok: bool, after_line: int = 0, limit: int = 1000) -> list[RequestResult]:
+        rows = self._results.get(batch_id, {})
+        lines = sorted(line for line, r in rows.items() if r.ok is ok and line > after_line)
+        return [rows[line] for line in lines[:limit]]
+
+    async def totals(self, batch_id: str) -> ResultTotals:
+        rows = list(self._results.get(batch_id, {}).values())
+        return ResultTotals(
+            completed=sum(r.ok for r in rows),
+            failed=sum(not r.ok for r in rows),
+            input_tokens=sum(r.input_tokens for r in rows),
+            output_tokens=sum(r.output_tokens for r in rows),
+            cached_tokens=sum(r.cached_tokens for r in rows),
+            reasoning_tokens=sum(r.reasoning_tokens for r in rows),
+        )
+
+    async def delete(self, batch_id: str) -> None:
+        self._results.pop(batch_id, None)

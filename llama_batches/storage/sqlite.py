@@ -7,6 +7,8 @@ statement is atomic, readers never block the writer, and a commit costs no fsync
 from __future__ import annotations
 
 import asyncio
+import builtins
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
@@ -14,9 +16,9 @@ import aiosqlite
 from pydantic import BaseModel
 
 from ..api.common import Order
-from .base import Page, Record, Stored, Table, check_identifier
+from .base import Page, Record, RequestResult, ResultLog, ResultTotals, Stored, Table, check_identifier
 
-__all__ = ["SqliteDatabase", "SqliteTable"]
+__all__ = ["SqliteDatabase", "SqliteResultLog", "SqliteTable"]
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -33,6 +35,7 @@ CREATE TABLE IF NOT EXISTS {t} (
 );
 CREATE INDEX IF NOT EXISTS {t}_by_time ON {t} (owner, created_at, seq);
 CREATE INDEX IF NOT EXISTS {t}_by_tag ON {t} (owner, tag, created_at, seq);
+CREATE INDEX IF NOT EXISTS {t}_by_tag_only ON {t} (tag, created_at, seq);
 """
 
 _INSERT = "INSERT INTO {t} (owner, id, created_at, tag, data) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
@@ -44,6 +47,39 @@ _LIST = (
     "ORDER BY created_at {direction}, seq {direction} LIMIT ?"
 )
 _CURSOR = "AND (created_at, seq) {cmp} (SELECT created_at, seq FROM {t} WHERE owner = ? AND id = ?)"
+_LIST_TAGGED = "SELECT owner, data, version FROM {t} WHERE tag IN ({marks}) ORDER BY created_at, seq LIMIT ?"
+
+_RESULTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS {t} (
+    batch_id TEXT NOT NULL,
+    line INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    custom_id TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    output BLOB NOT NULL,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    cached_tokens INTEGER NOT NULL DEFAULT 0,
+    reasoning_tokens INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (batch_id, line)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS {t}_by_outcome ON {t} (batch_id, ok, line);
+"""
+_RESULTS_INSERT = (
+    "INSERT INTO {t} (batch_id, line, owner, custom_id, ok, output, input_tokens, output_tokens, cached_tokens, "
+    "reasoning_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+_RESULTS_LINES = "SELECT line FROM {t} WHERE batch_id = ?"
+_RESULTS_READ = (
+    "SELECT batch_id, line, custom_id, ok, output, input_tokens, output_tokens, cached_tokens, reasoning_tokens "
+    "FROM {t} WHERE batch_id = ? AND ok = ? AND line > ? ORDER BY line LIMIT ?"
+)
+_RESULTS_TOTALS = (
+    "SELECT COALESCE(SUM(ok), 0), COALESCE(SUM(1 - ok), 0), COALESCE(SUM(input_tokens), 0), "
+    "COALESCE(SUM(output_tokens), 0), COALESCE(SUM(cached_tokens), 0), COALESCE(SUM(reasoning_tokens), 0) "
+    "FROM {t} WHERE batch_id = ?"
+)
+_RESULTS_DELETE = "DELETE FROM {t} WHERE batch_id = ?"
 
 
 def _identity(record: BaseModel) -> tuple[str, int]:
@@ -58,6 +94,8 @@ class SqliteDatabase:
         self.path = Path(path).expanduser()
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self.write_lock = asyncio.Lock()
+        """Held by every write, so that a multi-statement transaction never takes in another task's write."""
 
     async def connection(self) -> aiosqlite.Connection:
         """The open connection (opened on first use)."""
@@ -77,6 +115,30 @@ class SqliteDatabase:
         table = SqliteTable(self, check_identifier(name), model)
         await table.create()
         return table
+
+    async def result_log(self, name: str) -> ResultLog:
+        """The result log ``name``, created when missing."""
+        log = SqliteResultLog(self, check_identifier(name))
+        await log.create()
+        return log
+
+    async def write(self, sql: str, params: tuple[Any, ...]) -> int:
+        """Run one write statement; its row count."""
+        conn = await self.connection()
+        async with self.write_lock, conn.execute(sql, params) as cursor:
+            return cursor.rowcount
+
+    async def write_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """Run ``sql`` for every row in one transaction (one commit, whatever the number of rows)."""
+        conn = await self.connection()
+        async with self.write_lock:
+            await conn.execute("BEGIN")
+            try:
+                await conn.executemany(sql, rows)
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
 
     async def close(self) -> None:
         """Close the connection."""
@@ -98,14 +160,13 @@ class SqliteTable(Generic[R]):
         return template.format(t=self._name, **parts)
 
     async def _execute(self, sql: str, params: tuple[Any, ...]) -> int:
-        conn = await self._db.connection()
-        async with conn.execute(sql, params) as cursor:
-            return cursor.rowcount
+        return await self._db.write(sql, params)
 
     async def create(self) -> None:
         """Create the table and its indexes when missing."""
         conn = await self._db.connection()
-        await conn.executescript(self._sql(_SCHEMA))
+        async with self._db.write_lock:
+            await conn.executescript(self._sql(_SCHEMA))
 
     async def insert(self, owner: str, record: R, *, tag: str | None = None) -> bool:
         record_id, created_at = _identity(record)
@@ -148,3 +209,61 @@ class SqliteTable(Generic[R]):
             rows = list(await cursor.fetchall())
         items = [self._model.model_validate_json(row[0]) for row in rows[:limit]]
         return Page(items, has_more=len(rows) > limit)
+
+    async def list_tagged(self, tags: Sequence[str], *, limit: int = 1000) -> builtins.list[tuple[str, Stored[R]]]:
+        if not tags:
+            return []
+        sql = self._sql(_LIST_TAGGED, marks=", ".join("?" * len(tags)))
+        conn = await self._db.connection()
+        async with conn.execute(sql, (*tags, limit)) as cursor:
+            rows = list(await cursor.fetchall())
+        return [(str(row[0]), Stored(self._model.model_validate_json(row[1]), int(row[2]))) for row in rows]
+
+
+def _result(row: Any) -> RequestResult:
+    return RequestResult(str(row[0]), int(row[1]), str(row[2]), bool(row[3]), bytes(row[4]), *map(int, row[5:9]))
+
+
+class SqliteResultLog:
+    """A :class:`~llama_batches.storage.base.ResultLog` in a SQLite database: one row per finished request."""
+
+    def __init__(self, db: SqliteDatabase, name: str) -> None:
+        self._db = db
+        self._name = name
+
+    def _sql(self, template: str) -> str:
+        return template.format(t=self._name)
+
+    async def create(self) -> None:
+        """Create the table when missing."""
+        conn = await self._db.connection()
+        async with self._db.write_lock:
+            await conn.executescript(self._sql(_RESULTS_SCHEMA))
+
+    async def record(self, owner: str, results: Sequence[RequestResult]) -> None:
+        rows = [
+            (r.batch_id, r.line, owner, r.custom_id, int(r.ok), r.output, r.input_tokens, r.output_tokens,
+             r.cached_tokens, r.reasoning_tokens)
+            for r in results
+        ]  # fmt: skip
+        if rows:
+            await self._db.write_many(self._sql(_RESULTS_INSERT), rows)
+
+    async def done_lines(self, batch_id: str) -> set[int]:
+        conn = await self._db.connection()
+        async with conn.execute(self._sql(_RESULTS_LINES), (batch_id,)) as cursor:
+            return {int(row[0]) for row in await cursor.fetchall()}
+
+    async def read(self, batch_id: str, *, ok: bool, after_line: int = 0, limit: int = 1000) -> list[RequestResult]:
+        conn = await self._db.connection()
+        async with conn.execute(self._sql(_RESULTS_READ), (batch_id, int(ok), after_line, limit)) as cursor:
+            return [_result(row) for row in await cursor.fetchall()]
+
+    async def totals(self, batch_id: str) -> ResultTotals:
+        conn = await self._db.connection()
+        async with conn.execute(self._sql(_RESULTS_TOTALS), (batch_id,)) as cursor:
+            row = await cursor.fetchone()
+        return ResultTotals(*(int(v) for v in row)) if row is not None else ResultTotals()
+
+    async def delete(self, batch_id: str) -> None:
+        await self._db.write(self._sql(_RESULTS_DELETE), (batch_id,))

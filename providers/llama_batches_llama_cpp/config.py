@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["DEFAULT_MODEL_ID", "LlamaCppConfig"]
@@ -31,3 +33,8 @@ class LlamaCppConfig(BaseModel):
         default="You are a helpful assistant.",
         description="System message added to chats that have none (small models answer far better with one).",
     )
+
+    @classmethod
+    def sample_run_config(cls, __distro_dir__: str = "~/.llama/llama-batches") -> dict[str, Any]:
+        """The ``config`` block of a sample run config: the bundled model."""
+        return {"model_id": DEFAULT_MODEL_ID}

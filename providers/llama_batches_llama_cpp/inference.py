@@ -70,7 +70,11 @@ class LlamaCppInference:
         )
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
+        except ValueError as exc:  # llama.cpp's word for a prompt over the context window, among others
+            code = "context_length_exceeded" if "context window" in str(exc) else None
+            raise InvalidRequestError(str(exc), code=code) from exc
 
     async def initialize(self) -> None:
         """Load the model."""
@@ -96,26 +100,33 @@ class LlamaCppInference:
             raise InvalidRequestError("Streaming is not supported here.", code="invalid_value", param="stream")
         merged = dict(params)
         limit = merged.pop("max_completion_tokens", None)
-        merged.setdefault("max_tokens", limit or self._config.default_max_tokens)
+        if merged.get("max_tokens") is None:
+            merged["max_tokens"] = limit or self._config.default_max_tokens
         return merged
 
+    def _ready(self) -> Llama:
+        """The model with its KV cache cleared: a reused prefix would change greedy answers between calls."""
+        assert self._llm is not None, "initialize() loads the model"
+        self._llm.reset()  # type: ignore[no-untyped-call]
+        return self._llm
+
     def _chat(self, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> dict[str, Any]:
-        assert self._llm is not None
+        llm = self._ready()
         chat = list(messages)
         if self._config.default_system_prompt and not any(m.get("role") == "system" for m in chat):
             chat.insert(0, {"role": "system", "content": self._config.default_system_prompt})
-        method = self._llm.create_chat_completion
+        method = llm.create_chat_completion
         answer: dict[str, Any] = method(messages=chat, **_accepted(method, params))  # type: ignore[arg-type,assignment]
         answer["model"] = self._config.model_id
         return answer
 
     def _complete(self, prompt: str | list[str], params: Mapping[str, Any]) -> dict[str, Any]:
-        assert self._llm is not None
+        llm = self._ready()
         if isinstance(prompt, list):
             if len(prompt) != 1:
                 raise InvalidRequestError("Only one prompt per request is supported here.", param="prompt")
             prompt = prompt[0]
-        method = self._llm.create_completion
+        method = llm.create_completion
         answer: dict[str, Any] = method(prompt=prompt, **_accepted(method, params))  # type: ignore[assignment]
         answer["model"] = self._config.model_id
         return answer

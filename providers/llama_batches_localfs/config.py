@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 from llama_batches.storage import SqlStoreReference
@@ -24,3 +26,13 @@ class LocalfsFilesImplConfig(BaseModel):
         ge=1,
         description="Largest file accepted, in bytes; a larger upload is refused with 413 and nothing is kept.",
     )
+
+    @classmethod
+    def sample_run_config(cls, __distro_dir__: str = "~/.llama/llama-batches") -> dict[str, Any]:
+        """The ``config`` block of a sample run config, files under ``<distro_dir>/files``."""
+        return {
+            "storage_dir": "${env.FILES_STORAGE_DIR:=" + __distro_dir__ + "/files}",
+            "metadata_store": SqlStoreReference(backend="sql_default", table_name="files_metadata").model_dump(
+                exclude_none=True
+            ),
+        }

@@ -47,12 +47,29 @@ class OpenAICompatConfig(BaseModel):
 class OpenAIConfig(OpenAICompatConfig):
     """OpenAI itself, or any compatible server named by ``base_url``."""
 
+    @classmethod
+    def sample_run_config(cls, __distro_dir__: str = "~/.llama/llama-batches") -> dict[str, Any]:
+        """The ``config`` block of a sample run config."""
+        return {
+            "api_key": "${env.OPENAI_API_KEY:=}",
+            "base_url": "${env.OPENAI_BASE_URL:=https://api.openai.com/v1}",
+        }
+
 
 class VLLMConfig(OpenAICompatConfig):
     """A vLLM server (llama-stack's ``remote::vllm`` fields: ``base_url``, ``api_token``, ``max_tokens``)."""
 
     base_url: str = Field(description="Base URL of the vLLM server, ending in /v1.")
     max_tokens: int = Field(default=4096, description="Accepted for llama-stack compatibility.")
+
+    @classmethod
+    def sample_run_config(cls, __distro_dir__: str = "~/.llama/llama-batches") -> dict[str, Any]:
+        """The ``config`` block of a sample run config."""
+        return {
+            "base_url": "${env.VLLM_URL:=http://localhost:8000/v1}",
+            "api_token": "${env.VLLM_API_TOKEN:=fake}",
+            "max_tokens": "${env.VLLM_MAX_TOKENS:=4096}",
+        }
 
 
 class OllamaConfig(OpenAICompatConfig):
@@ -61,3 +78,8 @@ class OllamaConfig(OpenAICompatConfig):
     base_url: str = Field(
         default="http://localhost:11434/v1", description="Base URL of Ollama's OpenAI API, ending in /v1."
     )
+
+    @classmethod
+    def sample_run_config(cls, __distro_dir__: str = "~/.llama/llama-batches") -> dict[str, Any]:
+        """The ``config`` block of a sample run config."""
+        return {"base_url": "${env.OLLAMA_URL:=http://localhost:11434/v1}"}

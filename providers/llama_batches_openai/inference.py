@@ -19,6 +19,7 @@ from openai import AsyncOpenAI
 from llama_batches.api import ChatCompletion, Completion, CreateEmbeddingResponse, Endpoint, RawResponse
 from llama_batches.errors import (
     APIError,
+    RateLimitedError,
     ServiceUnavailableError,
     UpstreamError,
     UpstreamTimeoutError,
@@ -46,8 +47,18 @@ def error_from_sdk(exc: openai.OpenAIError, where: str) -> APIError:
         code, param = body.get("code"), body.get("param")
         if exc.status_code in (401, 403):  # our credentials, not the caller's
             return UpstreamError(f"{where} refused our credentials: {message}", code=code)
+        if exc.status_code == 429:
+            return RateLimitedError(message, code=code, param=param, retry_after=_retry_after(exc.response.headers))
         return error_for_status(exc.status_code, message, code=code, param=param)
     return UpstreamError(f"{where} failed: {exc}")
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """``Retry-After`` in seconds, when the server gave a number."""
+    try:
+        return float(headers["retry-after"])
+    except (KeyError, ValueError):
+        return None
 
 
 class OpenAICompatInference:

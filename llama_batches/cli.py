@@ -1,0 +1,109 @@
+"""The ``llama-batches`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import LlamaBatchesError
+from .registry import default_registry
+from .stack import build_stack
+
+__all__ = ["app", "default_config_path", "main"]
+
+app = typer.Typer(
+    name="llama-batches",
+    help="OpenAI-compatible Batches API in the llama-stack style, with idempotent batch creation.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="llama-stack run config (YAML). Default: $LLAMA_BATCHES_CONFIG, else the embedded default "
+        "(SQLite + local files + SmolLM2 on llama.cpp).",
+        show_default=False,
+    ),
+]
+
+
+def default_config_path() -> Path:
+    """``$LLAMA_BATCHES_CONFIG``, else the packaged embedded default config."""
+    configured = os.environ.get("LLAMA_BATCHES_CONFIG")
+    if configured:
+        return Path(configured)
+    return Path(str(resources.files("llama_batches") / "default-run.yaml"))
+
+
+def _fail(exc: LlamaBatchesError) -> typer.Exit:
+    errors.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+    return typer.Exit(code=2)
+
+
+@app.command()
+def providers() -> None:
+    """List the providers installed in this environment."""
+    registry = default_registry()
+    table = Table("api", "provider_type", "module", "extra")
+    for (api, provider_type), spec in sorted(registry.specs.items()):
+        table.add_row(api.value, provider_type, spec.module, spec.extra or "")
+    console.print(table)
+
+
+@app.command()
+def models(config: ConfigOption = None) -> None:
+    """List the models the configured stack can run."""
+
+    async def run() -> None:
+        async with build_stack(config or default_config_path()) as stack:
+            found = await stack.models.list_models()
+        table = Table("model", "provider", "provider model id", "type")
+        for model in found:
+            table.add_row(model.identifier, model.provider_id, model.provider_resource_id, model.model_type.value)
+        console.print(table)
+
+    try:
+        asyncio.run(run())
+    except LlamaBatchesError as exc:
+        raise _fail(exc) from exc
+
+
+@app.command()
+def chat(
+    prompt: Annotated[str, typer.Argument(help="The user message.")],
+    config: ConfigOption = None,
+    model: Annotated[str | None, typer.Option(help="Model id; the first model of the stack by default.")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 128,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.0,
+) -> None:
+    """Send one chat message through the stack's inference and print the answer."""
+
+    async def run() -> str:
+        async with build_stack(config or default_config_path()) as stack:
+            model_id = model or (await stack.models.list_models())[0].identifier
+            answer = await stack.inference.openai_chat_completion(
+                model_id, [{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=temperature
+            )
+        return answer.choices[0].message.content or ""
+
+    try:
+        console.print(asyncio.run(run()), highlight=False)
+    except LlamaBatchesError as exc:
+        raise _fail(exc) from exc
+
+
+def main() -> None:
+    """Entry point of the ``llama-batches`` script."""
+    app()

@@ -1,0 +1,135 @@
+"""inline::localfs: the Files conformance suite through build_stack (SQLite and memory stores), plus disk checks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llama_batches import build_stack
+from llama_batches.api import ExpiresAfter, FileObject, FilePurpose, Files
+from llama_batches.errors import NotFoundError, PayloadTooLargeError
+from llama_batches.storage import MemoryDatabase
+from llama_batches_localfs.config import LocalfsFilesImplConfig
+from llama_batches_localfs.files import LocalfsFilesImpl, safe_filename
+
+from .conformance.files import JSONL, FilesConformance, chunks, read_all
+
+
+def files_config(tmp_path: Path, backend: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """A run config with only the files API on inline::localfs."""
+    return {
+        "version": 2,
+        "apis": ["files"],
+        "providers": {
+            "files": [
+                {
+                    "provider_id": "localfs",
+                    "provider_type": "inline::localfs",
+                    "config": {
+                        "storage_dir": str(tmp_path / "files"),
+                        "metadata_store": {"backend": "sql_default", "table_name": "files_metadata"},
+                        **extra,
+                    },
+                }
+            ]
+        },
+        "storage": {"backends": {"sql_default": backend}},
+    }
+
+
+class TestLocalfsOnSqlite(FilesConformance):
+    @pytest.fixture
+    async def files_impl(self, tmp_path: Path) -> AsyncIterator[Files]:
+        config = files_config(tmp_path, {"type": "sql_sqlite", "db_path": str(tmp_path / "sql.db")})
+        async with build_stack(config) as stack:
+            yield stack.files
+
+
+class TestLocalfsOnMemory(FilesConformance):
+    @pytest.fixture
+    async def files_impl(self, tmp_path: Path) -> AsyncIterator[Files]:
+        async with build_stack(files_config(tmp_path, {"type": "sql_memory"})) as stack:
+            yield stack.files
+
+
+def _files_on_disk(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in (tmp_path / "files").iterdir())
+
+
+async def test_an_upload_over_the_limit_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
+    config = files_config(tmp_path, {"type": "sql_sqlite", "db_path": str(tmp_path / "sql.db")}, max_file_size_bytes=10)
+    async with build_stack(config) as stack:
+        kept = await stack.files.openai_upload_file(chunks([b"0123456789"]), FilePurpose.batch, "ok.jsonl")
+        with pytest.raises(PayloadTooLargeError) as info:
+            await stack.files.openai_upload_file(chunks([b"01234", b"56789", b"X"]), FilePurpose.batch, "big")
+        assert info.value.status == 413 and info.value.param == "file"
+        assert _files_on_disk(tmp_path) == [kept.id]
+        assert [f.id for f in (await stack.files.openai_list_files()).data] == [kept.id]
+
+
+async def test_a_stream_that_breaks_midway_stores_nothing(tmp_path: Path) -> None:
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"half a file"
+        raise ConnectionResetError("client went away")
+
+    async with build_stack(files_config(tmp_path, {"type": "sql_memory"})) as stack:
+        with pytest.raises(ConnectionResetError):
+            await stack.files.openai_upload_file(broken(), FilePurpose.batch, "in.jsonl")
+        assert _files_on_disk(tmp_path) == []
+        assert (await stack.files.openai_list_files()).data == []
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("../../etc/passwd", "passwd"),
+        ("..\\..\\windows\\system.ini", "system.ini"),
+        ("/abs/path/in.jsonl", "in.jsonl"),
+        ("..", "upload"),
+        ("", "upload"),
+        ("bad\x00na\nme.jsonl", "badname.jsonl"),
+        ("é" * 200, "é" * 127),
+    ],
+)
+def test_client_file_names_are_reduced_to_plain_names(given: str, kept: str) -> None:
+    assert safe_filename(given) == kept
+
+
+async def test_content_lives_under_the_file_id_whatever_the_client_name(tmp_path: Path) -> None:
+    async with build_stack(files_config(tmp_path, {"type": "sql_memory"})) as stack:
+        created = await stack.files.openai_upload_file(chunks([JSONL]), FilePurpose.batch, "../../escape.jsonl")
+        assert created.filename == "escape.jsonl"
+        assert _files_on_disk(tmp_path) == [created.id]
+        assert not (tmp_path.parent / "escape.jsonl").exists()
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_files_expire_after_their_lifetime(tmp_path: Path) -> None:
+    clock = Clock(1_000_000.0)
+    config = LocalfsFilesImplConfig.model_validate(
+        {"storage_dir": str(tmp_path / "files"), "metadata_store": {"backend": "m", "table_name": "f"}}
+    )
+    table = await MemoryDatabase().table("f", FileObject)
+    files = LocalfsFilesImpl(config, table, clock=clock)
+    await files.initialize()
+    short = await files.openai_upload_file(chunks([JSONL]), FilePurpose.batch, "a", ExpiresAfter(seconds=3600))
+    default = await files.openai_upload_file(chunks([JSONL]), FilePurpose.batch, "b")
+    assert short.expires_at == 1_000_000 + 3600
+    assert default.expires_at == 1_000_000 + config.ttl_secs
+    clock.now += 3600
+    with pytest.raises(NotFoundError, match="expired"):
+        await files.openai_retrieve_file(short.id)
+    assert _files_on_disk(tmp_path) == [default.id]
+    assert await read_all(files, default.id) == JSONL
