@@ -12,7 +12,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .api import BatchStatus
 from .errors import LlamaBatchesError
+from .local_run import RunPlan, run_file
 from .registry import default_registry
 from .stack import build_stack
 
@@ -104,6 +106,50 @@ def chat(
         raise _fail(exc) from exc
 
 
+@app.command()
+def run(
+    input: Annotated[
+        Path, typer.Argument(help="JSONL file of requests (OpenAI batch input format).", exists=True, dir_okay=False)
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Where to write results. Default: INPUT.output.jsonl.")
+    ] = None,
+    errors_path: Annotated[
+        Path | None, typer.Option("--errors", help="Where to write failed requests. Default: INPUT.errors.jsonl.")
+    ] = None,
+    config: ConfigOption = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(help="Idempotency key. Default: derived from the file's content, so a re-run resumes."),
+    ] = None,
+) -> None:
+    """Run a JSONL file as one batch in this process, with a progress bar; exits non-zero unless it completes."""
+    stem = input.with_suffix("") if input.suffix == ".jsonl" else input
+    plan = RunPlan(
+        config=config or default_config_path(),
+        input=input,
+        output=output or stem.with_name(stem.name + ".output.jsonl"),
+        errors=errors_path or stem.with_name(stem.name + ".errors.jsonl"),
+        idempotency_key=idempotency_key,
+    )
+    try:
+        batch = asyncio.run(run_file(plan, console))
+    except LlamaBatchesError as exc:
+        raise _fail(exc) from exc
+    except KeyboardInterrupt:
+        errors.print("interrupted: run the same command again to resume the batch")
+        raise typer.Exit(code=130) from None
+    if batch.status != BatchStatus.completed:
+        for error in ((batch.errors.data if batch.errors else None) or [])[:20]:
+            errors.print(f"line {error.line}: {error.code}: {error.message}", highlight=False)
+        errors.print(f"[bold red]batch {batch.id} ended {batch.status}[/]")
+        raise typer.Exit(code=1)
+
+
 def main() -> None:
     """Entry point of the ``llama-batches`` script."""
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -7,6 +7,7 @@ plain ``<model>``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -49,6 +50,7 @@ class ModelRegistry:
         self._registered = {m.identifier: m for m in (self._from_config(r, i) for i, r in enumerate(registered))}
         self._discovered: dict[str, Model] = {}
         self._last_refresh: float | None = None
+        self._refresh_lock = asyncio.Lock()
 
     def _from_config(self, entry: RegisteredModel, index: int) -> Model:
         provider_id = entry.provider_id
@@ -90,8 +92,9 @@ class ModelRegistry:
         self._discovered = discovered
 
     async def _refresh_if_stale(self) -> None:
-        if self._last_refresh is None or self._clock() - self._last_refresh >= REFRESH_INTERVAL_S:
-            await self.refresh()
+        async with self._refresh_lock:  # concurrent lookups wait for the one refresh under way
+            if self._last_refresh is None or self._clock() - self._last_refresh >= REFRESH_INTERVAL_S:
+                await self.refresh()
 
     def lookup(self, model_id: str) -> Model | None:
         """The model ``model_id`` if it is already known (no provider is asked)."""

@@ -9,7 +9,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Literal, Protocol, runtime_checkable
 
-from openai.types import Batch, BatchError, BatchRequestCounts
+from openai.types import Batch, BatchError, BatchRequestCounts, BatchUsage
+from openai.types.batch import Errors as BatchErrors
 from pydantic import BaseModel, Field
 
 from .common import Endpoint, ListResponse
@@ -22,8 +23,10 @@ __all__ = [
     "Batch",
     "BatchEndpoint",
     "BatchError",
+    "BatchErrors",
     "BatchRequestCounts",
     "BatchStatus",
+    "BatchUsage",
     "Batches",
     "ListBatchesResponse",
     "OutputExpiresAfter",

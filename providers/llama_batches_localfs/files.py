@@ -163,11 +163,10 @@ class LocalfsFilesImpl:
 
     async def openai_retrieve_file_content(self, file_id: str) -> AsyncIterator[bytes]:
         await self.openai_retrieve_file(file_id)
-        try:
-            handle = await asyncio.to_thread(self._path(file_id).open, "rb")
-        except FileNotFoundError as exc:
-            raise NotFoundError(f"The content of file '{file_id}' is missing.", param="file_id") from exc
-        return _read_chunks(handle)
+        path = self._path(file_id)
+        if not await asyncio.to_thread(path.is_file):
+            raise NotFoundError(f"The content of file '{file_id}' is missing.", param="file_id")
+        return _read_chunks(path)
 
     async def openai_delete_file(self, file_id: str) -> FileDeleted:
         await self.openai_retrieve_file(file_id)
@@ -196,9 +195,12 @@ def _sync_and_close(handle: BinaryIO) -> None:
     handle.close()
 
 
-async def _read_chunks(handle: BinaryIO) -> AsyncIterator[bytes]:
+async def _read_chunks(path: Path) -> AsyncIterator[bytes]:
+    """The file's chunks; it is opened on the first read, so a stream never iterated holds no file open. Open and
+    close are quick syscalls made in the loop, so that a cancellation cannot lose the handle between threads."""
+    handle = path.open("rb")
     try:
         while chunk := await asyncio.to_thread(handle.read, READ_CHUNK_BYTES):
             yield chunk
     finally:
-        await asyncio.to_thread(handle.close)
+        handle.close()

@@ -1,0 +1,65 @@
+"""Configuration of the ``inline::reference`` batches engine.
+
+llama-stack's fields (``kvstore``, ``max_concurrent_batches``, ``max_concurrent_requests_per_batch``) keep their
+meaning, so its configs run unchanged; the rest have defaults.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from llama_batches.storage import KVStoreReference
+
+__all__ = ["ReferenceBatchesImplConfig"]
+
+
+class ReferenceBatchesImplConfig(BaseModel):
+    """The reference batches engine: idempotent creation, streamed validation, a durable sliding-window executor."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    kvstore: KVStoreReference = Field(
+        description="Store for batches and request checkpoints (its namespace names the tables)."
+    )
+    max_concurrent_batches: int = Field(default=4, ge=1, description="Batches executed at the same time.")
+    max_concurrent_requests_per_batch: int = Field(
+        default=10, ge=1, description="Sliding window: requests of one batch in flight at once."
+    )
+    max_concurrent_requests: int = Field(
+        default=256, ge=1, description="Requests in flight at once over all batches (global cap)."
+    )
+    requests_per_minute: int | None = Field(
+        default=None, ge=1, description="Rate limit on requests sent to inference, over all batches; none when unset."
+    )
+    max_attempts: int = Field(
+        default=5, ge=1, description="Attempts per request on 408, 429, 5xx and connection errors (first one included)."
+    )
+    retry_initial_delay_s: float = Field(
+        default=0.5, ge=0, description="First retry delay; doubles each attempt, with jitter."
+    )
+    retry_max_delay_s: float = Field(default=30.0, ge=0, description="Longest delay between attempts.")
+    completion_windows: list[str] = Field(
+        default_factory=lambda: ["24h"], description="completion_window values accepted at creation (e.g. 24h, 7d)."
+    )
+    max_requests_per_batch: int = Field(default=50_000, ge=1, description="Most lines an input file may have.")
+    max_input_bytes: int = Field(default=200 * 1024 * 1024, ge=1, description="Largest input file, in bytes.")
+    max_line_bytes: int = Field(default=10 * 1024 * 1024, ge=1, description="Longest input line, in bytes.")
+    max_reported_errors: int = Field(
+        default=1000, ge=1, description="Validation errors kept in a failed batch's errors list."
+    )
+
+    @field_validator("completion_windows")
+    @classmethod
+    def _windows_are_durations(cls, windows: list[str]) -> list[str]:
+        for window in windows:
+            if not re.fullmatch(r"[1-9][0-9]*[smhd]", window):
+                raise ValueError(f"'{window}' is not a duration like 24h, 7d, 90m or 3600s")
+        return windows
+
+    @classmethod
+    def sample_run_config(cls, __distro_dir__: str = "~/.llama/llama-batches") -> dict[str, Any]:
+        """The entry a distribution's run config uses."""
+        return {"kvstore": {"backend": "kv_default", "namespace": "batches"}}
