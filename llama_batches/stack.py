@@ -100,8 +100,22 @@ def plan_providers(config: RunConfig, registry: ProviderRegistry) -> list[Planne
         planned = _plan_api(api, entries, registry)
         if planned:
             by_api[api] = planned
+    _check_registered_models(config, by_api.get(Api.inference, []))
     order = _dependency_order(by_api)
     return [p for api in order for p in by_api.get(api, [])]
+
+
+def _check_registered_models(config: RunConfig, inference: list[PlannedProvider]) -> None:
+    """Each registered model names an inference provider of the config (or there is only one)."""
+    ids = sorted(p.entry.provider_id for p in inference)
+    for index, model in enumerate(config.registered_resources.models):
+        path = f"registered_resources.models[{index}].provider_id"
+        if model.provider_id is None and len(ids) != 1:
+            raise ConfigError(path, f"model '{model.model_id}' needs a provider_id (inference providers: {ids})")
+        if model.provider_id is not None and model.provider_id not in ids:
+            raise ConfigError(
+                path, f"unknown inference provider '{model.provider_id}'; configured: {', '.join(ids) or '(none)'}"
+            )
 
 
 def _available(by_api: Mapping[Api, list[PlannedProvider]]) -> set[Api]:

@@ -1,0 +1,96 @@
+"""The model registry and the inference router, over real providers: two remote::openai on two fake backends."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from llama_batches import build_stack
+from llama_batches.api import Endpoint
+from llama_batches.errors import ConfigError, NotFoundError
+from llama_batches.stack import Stack
+
+from .conftest import openai_provider, run_config
+from .fake_backend import FakeBackend
+
+
+@pytest.fixture
+async def two_backends() -> AsyncIterator[tuple[FakeBackend, FakeBackend]]:
+    async with FakeBackend(models=["shared", "only-a"]) as a, FakeBackend(models=["shared", "only-b"]) as b:
+        yield a, b
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, two_backends: tuple[FakeBackend, FakeBackend]) -> AsyncIterator[Stack]:
+    a, b = two_backends
+    config = run_config(
+        tmp_path, openai_provider(a.base_url, provider_id="a"), openai_provider(b.base_url, provider_id="b")
+    )
+    config["registered_resources"]["models"] = [
+        {"model_id": "alias", "provider_id": "b", "provider_model_id": "only-b"},
+    ]
+    async with build_stack(config) as built:
+        yield built
+
+
+async def test_models_are_known_by_provider_prefix_and_by_unique_plain_name(stack: Stack) -> None:
+    names = {m.identifier: (m.provider_id, m.provider_resource_id) for m in await stack.models.list_models()}
+    assert names["only-a"] == ("a", "only-a") and names["b/only-b"] == ("b", "only-b")
+    assert names["a/shared"] == ("a", "shared") and names["b/shared"] == ("b", "shared")
+    assert "shared" not in names  # two providers run it: ambiguous
+    assert names["alias"] == ("b", "only-b")
+    listed = await stack.models.openai_list_models()
+    assert listed.object == "list" and {m.id for m in listed.data} == set(names)
+
+
+async def test_calls_go_to_the_provider_that_runs_the_model(
+    stack: Stack, two_backends: tuple[FakeBackend, FakeBackend]
+) -> None:
+    a, b = two_backends
+    await stack.inference.openai_chat_completion("b/shared", [{"role": "user", "content": "to b"}])
+    await stack.inference.openai_chat_completion("only-a", [{"role": "user", "content": "to a"}])
+    assert a.seen == {"to a": 1} and b.seen == {"to b": 1}
+
+
+async def test_the_raw_path_rewrites_the_model_only_when_the_provider_names_it_otherwise(
+    stack: Stack, two_backends: tuple[FakeBackend, FakeBackend]
+) -> None:
+    _, b = two_backends
+    body = orjson.dumps({"model": "alias", "messages": [{"role": "user", "content": "raw"}]})
+    answer = await stack.inference.raw_request(Endpoint.chat_completions, "alias", body)
+    assert answer.status_code == 200 and orjson.loads(answer.body)["model"] == "only-b"
+    assert b.seen == {"raw": 1}
+
+
+async def test_an_unknown_model_is_not_found_naming_the_field(stack: Stack) -> None:
+    with pytest.raises(NotFoundError) as info:
+        await stack.models.get_model("nope")
+    assert (info.value.code, info.value.param) == ("model_not_found", "model")
+
+
+async def test_concurrent_lookups_share_one_refresh(stack: Stack) -> None:
+    found = await asyncio.gather(*(stack.models.get_model("only-a") for _ in range(20)))
+    assert {m.provider_id for m in found} == {"a"}
+
+
+async def test_a_provider_that_cannot_list_its_models_is_skipped(tmp_path: Path, fake_backend: FakeBackend) -> None:
+    down = FakeBackend()
+    await down.start()
+    url = down.base_url
+    await down.stop()
+    config = run_config(tmp_path, openai_provider(fake_backend.base_url), openai_provider(url, provider_id="down"))
+    async with build_stack(config) as stack:
+        names = {m.identifier for m in await stack.models.list_models()}
+    assert "fake-model" in names and not any(n.startswith("down/") for n in names)
+
+
+def test_a_registered_model_naming_an_unknown_provider_is_a_config_error(tmp_path: Path) -> None:
+    config = run_config(tmp_path, openai_provider("http://127.0.0.1:9/v1"))
+    config["registered_resources"]["models"] = [{"model_id": "m", "provider_id": "ghost"}]
+    with pytest.raises(ConfigError) as info:
+        build_stack(config)
+    assert info.value.path == "registered_resources.models[0].provider_id"
