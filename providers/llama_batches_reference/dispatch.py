@@ -1,4 +1,4 @@
-"""The sliding window: requests of one batch are dispatched as slots free up (never in lockstep chunks), bounded
+"""The sliding window: requests of one batch are dispatched as workers free up (never in lockstep chunks), bounded
 per batch and over all batches; finished requests are checkpointed by group commit; dispatch stops on cancel or
 expiry. Lines that already have a checkpoint are skipped, which is how a resumed batch never re-runs them."""
 
@@ -39,7 +39,8 @@ class StopReason(StrEnum):
 
 
 class Dispatcher:
-    """Executes the not yet checkpointed requests of one batch."""
+    """Executes the not yet checkpointed requests of one batch with ``max_concurrent_requests_per_batch`` workers:
+    a reader puts lines on a queue as short as the window, and a worker takes the next one the moment it is free."""
 
     def __init__(self, parts: EngineParts, owner: str, record: BatchRecord, cancel_requested: asyncio.Event) -> None:
         self.parts = parts
@@ -49,8 +50,9 @@ class Dispatcher:
         self.completed = 0
         self.failed = 0
         self._endpoint = Endpoint(record.batch.endpoint)
-        self._window = asyncio.Semaphore(parts.config.max_concurrent_requests_per_batch)
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._size = parts.config.max_concurrent_requests_per_batch
+        self._queue: asyncio.Queue[InputLine | None] = asyncio.Queue(maxsize=self._size)
+        self._stopped = False
         self._last_poll = time.monotonic()
         self._last_progress = time.monotonic()
 
@@ -61,54 +63,56 @@ class Dispatcher:
         totals = await parts.log.totals(batch_id)
         self.completed, self.failed = totals.completed, totals.failed
         checkpointer = Checkpointer(parts.log, self.owner, on_flush=self._persist_progress)
+        workers = [asyncio.create_task(self._work(checkpointer)) for _ in range(self._size)]
         try:
-            reason = await self._dispatch(done, checkpointer)
-            if reason is StopReason.expired:
-                self._cancel_inflight()
-            await asyncio.gather(*self._inflight, return_exceptions=True)
+            reason = await self._read(done)
+            if reason is StopReason.expired:  # unfinished requests are cancelled, as OpenAI does
+                for worker in workers:
+                    worker.cancel()
+            else:
+                await self._close_queue(drop=reason is not StopReason.done)
+            await asyncio.gather(*workers, return_exceptions=True)
         finally:
-            self._cancel_inflight()
-            await asyncio.gather(*self._inflight, return_exceptions=True)
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
             await checkpointer.close()
         return reason
 
-    async def _dispatch(self, done: set[int], checkpointer: Checkpointer) -> StopReason:
+    async def _read(self, done: set[int]) -> StopReason:
         config = self.parts.config
         stream = await self.parts.files.openai_retrieve_file_content(self.record.batch.input_file_id)
         lines = iter_lines(stream, max_line_bytes=config.max_line_bytes, max_bytes=config.max_input_bytes)
         async with aclosing(lines):
-            return await self._dispatch_lines(lines, done, checkpointer)
+            return await self._feed(lines, done)
 
-    async def _dispatch_lines(
-        self, lines: AsyncGenerator[InputLine], done: set[int], checkpointer: Checkpointer
-    ) -> StopReason:
-        config = self.parts.config
+    async def _feed(self, lines: AsyncGenerator[InputLine], done: set[int]) -> StopReason:
         async for line in lines:
             if line.number in done:
                 continue
-            await self._window.acquire()
-            await self.parts.request_slots.acquire()
             reason = await self._stop_reason()
             if reason is not StopReason.done:
-                self._release()
                 return reason
-            parsed = parse_line(line.number, line.data, self._endpoint, config.max_line_bytes)
-            task = asyncio.create_task(self._one(parsed, checkpointer))
-            self._inflight.add(task)
-            task.add_done_callback(self._finished)
+            await self._queue.put(line)
         return StopReason.done
 
-    def _release(self) -> None:
-        self._window.release()
-        self.parts.request_slots.release()
+    async def _close_queue(self, *, drop: bool) -> None:
+        """Tell every worker to stop; with ``drop``, lines still queued are not sent."""
+        if drop:
+            self._stopped = True
+            while not self._queue.empty():
+                self._queue.get_nowait()
+        for _ in range(self._size):
+            await self._queue.put(None)
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
-        self._release()
-
-    def _cancel_inflight(self) -> None:
-        for task in self._inflight:
-            task.cancel()
+    async def _work(self, checkpointer: Checkpointer) -> None:
+        max_line_bytes = self.parts.config.max_line_bytes
+        while (line := await self._queue.get()) is not None:
+            async with self.parts.request_slots:
+                if self._stopped or self.cancel_requested.is_set():
+                    continue
+                parsed = parse_line(line.number, line.data, self._endpoint, max_line_bytes)
+                await self._one(parsed, checkpointer)
 
     async def _stop_reason(self) -> StopReason:
         if self.cancel_requested.is_set():

@@ -4,6 +4,7 @@ errors (honouring ``Retry-After``), an optional requests-per-minute limit, and t
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -86,15 +87,11 @@ class RequestExecutor:
     async def execute(self, batch_id: str, endpoint: Endpoint, line: ParsedLine) -> RequestResult:
         """Run ``line`` until it succeeds, fails for good, or runs out of attempts; never raises an APIError."""
         body = orjson.dumps(line.body)
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._config.max_attempts),
-            wait=self._wait,
-            retry=retry_if_exception_type(_Retryable),
-            reraise=True,
-            sleep=self._sleep,
-        )
         try:
-            response: RawResponse = await retrying(self._attempt, endpoint, line.model, body)
+            try:  # the first attempt outside tenacity: most requests need no retry, and it costs 18 us a call
+                response = await self._attempt(endpoint, line.model, body)
+            except _Retryable as first:
+                response = await self._retry(first, endpoint, line.model, body)
         except _Retryable as exc:
             if exc.response is not None:
                 return response_result(batch_id, line.number, line.custom_id, exc.response)
@@ -103,6 +100,26 @@ class RequestExecutor:
         except APIError as exc:
             return error_result(batch_id, line.number, line.custom_id, _code(exc), exc.message)
         return response_result(batch_id, line.number, line.custom_id, response)
+
+    async def _retry(self, first: _Retryable, endpoint: Endpoint, model: str, body: bytes) -> RawResponse:
+        """Attempts 2..max_attempts, the first delay chosen from the first attempt's failure."""
+        if self._config.max_attempts <= 1:
+            raise first
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._config.max_attempts - 1),
+            wait=self._wait,
+            retry=retry_if_exception_type(_Retryable),
+            reraise=True,
+            sleep=self._sleep,
+        )
+        await self._sleep(self._first_delay(first))
+        response: RawResponse = await retrying(self._attempt, endpoint, model, body)
+        return response
+
+    def _first_delay(self, first: _Retryable) -> float:
+        if first.retry_after is not None:
+            return min(first.retry_after, self._config.retry_max_delay_s)
+        return random.uniform(0, min(self._config.retry_initial_delay_s, self._config.retry_max_delay_s))
 
 
 def _code(error: APIError) -> str:

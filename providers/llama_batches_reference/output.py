@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 from typing import Any
 
 import orjson
@@ -14,7 +14,7 @@ __all__ = ["error_result", "expired_line", "response_result"]
 
 
 def _request_id() -> str:
-    return f"batch_req_{uuid.uuid4().hex}"
+    return "batch_req_" + os.urandom(16).hex()  # a fifth of uuid4's cost, on the hot path
 
 
 def _head(custom_id: str) -> bytes:
@@ -50,7 +50,7 @@ def response_result(batch_id: str, line: int, custom_id: str, response: RawRespo
     body, payload = _object_body(response)
     ok = response.ok and payload is not None
     status = response.status_code if payload is not None or not response.ok else 502
-    request_id = response.headers.get("x-request-id") or f"req_{uuid.uuid4().hex}"
+    request_id = response.headers.get("x-request-id") or "req_" + os.urandom(16).hex()
     output = b"".join(
         (
             _head(custom_id),
