@@ -262,3 +262,17 @@ async def test_output_files_expire_as_asked(env: BatchesEnv) -> None:
     batch = await env.wait(created.id)
     output: FileObject = await env.files.openai_retrieve_file(batch.output_file_id or "")
     assert output.expires_at is not None and output.expires_at - output.created_at == 3600
+
+
+async def test_idem_tok_is_an_alias_of_idempotency_key(env: BatchesEnv) -> None:
+    from llama_batches.errors import InvalidRequestError
+    from llama_batches_reference.batches import ReferenceBatchesImpl as Impl
+
+    assert isinstance(env.batches, Impl)
+    file_id = await env.upload([chat_line(0)])
+    first = await env.batches.create_batch(file_id, CHAT, "24h", idem_tok="seed-key")
+    again = await env.batches.create_batch(file_id, CHAT, "24h", idempotency_key="seed-key", idem_tok="seed-key")
+    assert again.id == first.id
+    with pytest.raises(InvalidRequestError) as info:
+        await env.batches.create_batch(file_id, CHAT, "24h", idempotency_key="a", idem_tok="b")
+    assert info.value.param == "idem_tok"

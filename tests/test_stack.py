@@ -155,10 +155,10 @@ async def test_providers_stop_in_reverse_order_and_a_failed_start_stops_the_star
     assert EVENTS == ["start files", "stop files"]
 
 
-async def test_the_starter_config_builds_files_inference_and_models(tmp_path: Path) -> None:
+async def test_the_starter_config_builds_batches_files_inference_and_models(tmp_path: Path) -> None:
     env = {"SQLITE_STORE_DIR": str(tmp_path), "FILES_STORAGE_DIR": str(tmp_path / "files")}
     async with build_stack(DATA / "llama-stack-starter.yaml", env=env) as stack:
-        assert set(stack.impls) >= {Api.files, Api.inference, Api.models}
+        assert set(stack.impls) >= {Api.batches, Api.files, Api.inference, Api.models}
         assert "openai" in stack.providers
         assert (await stack.files.openai_list_files()).data == []
     assert stack.impls == {}

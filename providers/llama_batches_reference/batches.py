@@ -37,6 +37,17 @@ logger = logging.getLogger(__name__)
 _CANCELLABLE = frozenset({BatchStatus.validating, BatchStatus.in_progress, BatchStatus.finalizing})
 
 
+def _one_key(idempotency_key: str | None, idem_tok: str | None) -> str | None:
+    """The key, given under its name or under ``idem_tok`` (the seed's early name); two different ones are a 400."""
+    if idempotency_key is not None and idem_tok is not None and idempotency_key != idem_tok:
+        raise InvalidRequestError(
+            "idempotency_key and idem_tok name the same key and must not differ.",
+            code="invalid_value",
+            param="idem_tok",
+        )
+    return idempotency_key if idempotency_key is not None else idem_tok
+
+
 class ReferenceBatchesImpl:
     """The reference batches engine."""
 
@@ -126,7 +137,10 @@ class ReferenceBatchesImpl:
         metadata: dict[str, str] | None = None,
         idempotency_key: str | None = None,
         output_expires_after: OutputExpiresAfter | None = None,
+        *,
+        idem_tok: str | None = None,
     ) -> Batch:
+        idempotency_key = _one_key(idempotency_key, idem_tok)
         check_create(endpoint, completion_window, self.config.completion_windows, idempotency_key)
         check_metadata(metadata)
         params = CreateParams(
