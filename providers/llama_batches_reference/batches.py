@@ -21,6 +21,7 @@ from llama_batches.api import (
 )
 from llama_batches.errors import ConflictError, InvalidRequestError
 from llama_batches.principal import current_principal
+from llama_batches.replay import mark_replayed
 from llama_batches.storage import ResultLog, Table
 
 from .config import ReferenceBatchesImplConfig
@@ -190,6 +191,7 @@ class ReferenceBatchesImpl:
                 code="idempotency_key_reused",
                 param="idempotency_key",
             )
+        mark_replayed()
         return await self.retrieve_batch(existing.id)
 
     async def retrieve_batch(self, batch_id: str) -> Batch:

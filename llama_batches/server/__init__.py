@@ -1,0 +1,7 @@
+"""The OpenAI-compatible HTTP server (FastAPI + uvicorn)."""
+
+from __future__ import annotations
+
+from .app import create_app
+
+__all__ = ["create_app"]

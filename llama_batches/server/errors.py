@@ -1,0 +1,66 @@
+"""Every error leaves the server in OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, with its
+status; no stack trace ever reaches a client."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..config import format_location
+from ..errors import APIError, ConflictError, InternalError, InvalidRequestError, NotFoundError, RateLimitedError
+
+__all__ = ["error_response", "install_error_handlers"]
+
+logger = logging.getLogger(__name__)
+
+
+def error_response(error: APIError) -> JSONResponse:
+    """The response for ``error``: a final 409 says ``x-should-retry: false`` (the openai SDK retries 409s
+    otherwise) and a 429 carries ``Retry-After``."""
+    headers: dict[str, str] = {}
+    if isinstance(error, ConflictError):
+        headers["x-should-retry"] = "false"
+    if isinstance(error, RateLimitedError) and error.retry_after is not None:
+        headers["retry-after"] = str(max(1, round(error.retry_after)))
+    return JSONResponse(error.to_dict(), status_code=error.status, headers=headers)
+
+
+def _validation(exc: RequestValidationError) -> InvalidRequestError:
+    first: dict[str, Any] = exc.errors()[0]
+    loc = tuple(part for part in first.get("loc", ()) if part not in ("body", "query", "path", "header"))
+    param = format_location("", loc) or None
+    message = f"Invalid value for '{param}': {first.get('msg')}" if param else str(first.get("msg"))
+    return InvalidRequestError(message, code="invalid_value", param=param)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every exception onto an OpenAI-shaped answer."""
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(_validation(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return error_response(
+                NotFoundError(f"Unknown route: {request.method} {request.url.path}", code="unknown_url")
+            )
+        error = InvalidRequestError(str(exc.detail), code="invalid_request")
+        response = error_response(error)
+        response.status_code = exc.status_code
+        return response
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(InternalError("The server had an error while processing your request."))
