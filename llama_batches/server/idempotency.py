@@ -4,6 +4,7 @@ token as Stripe-style clients send it) or the body's ``idempotency_key`` (alias 
 from __future__ import annotations
 
 from ..errors import InvalidRequestError
+from ..idempotency import one_key
 
 __all__ = ["parse_header", "resolve_key"]
 
@@ -37,9 +38,7 @@ def parse_header(value: str) -> str:
 
 def resolve_key(header: str | None, body_key: str | None, body_alias: str | None) -> str | None:
     """The one key of a request; keys given twice must agree (400 otherwise)."""
-    if body_key is not None and body_alias is not None and body_key != body_alias:
-        raise InvalidRequestError("idempotency_key and idem_tok differ.", code="invalid_value", param="idem_tok")
-    body = body_key if body_key is not None else body_alias
+    body = one_key(body_key, body_alias)
     from_header = parse_header(header) if header is not None else None
     if from_header is not None and body is not None and from_header != body:
         raise InvalidRequestError(

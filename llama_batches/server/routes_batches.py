@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..api import Batch, ListBatchesResponse, OutputExpiresAfter
-from ..replay import watch_replay
+from ..idempotency import watch_replay
 from ..stack import Stack
 from .idempotency import resolve_key
 

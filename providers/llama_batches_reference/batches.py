@@ -20,8 +20,8 @@ from llama_batches.api import (
     OutputExpiresAfter,
 )
 from llama_batches.errors import ConflictError, InvalidRequestError
+from llama_batches.idempotency import mark_replayed, one_key
 from llama_batches.principal import current_principal
-from llama_batches.replay import mark_replayed
 from llama_batches.storage import ResultLog, Table
 
 from .config import ReferenceBatchesImplConfig
@@ -36,17 +36,6 @@ __all__ = ["ReferenceBatchesImpl"]
 logger = logging.getLogger(__name__)
 
 _CANCELLABLE = frozenset({BatchStatus.validating, BatchStatus.in_progress, BatchStatus.finalizing})
-
-
-def _one_key(idempotency_key: str | None, idem_tok: str | None) -> str | None:
-    """The key, given under its name or under ``idem_tok`` (the seed's early name); two different ones are a 400."""
-    if idempotency_key is not None and idem_tok is not None and idempotency_key != idem_tok:
-        raise InvalidRequestError(
-            "idempotency_key and idem_tok name the same key and must not differ.",
-            code="invalid_value",
-            param="idem_tok",
-        )
-    return idempotency_key if idempotency_key is not None else idem_tok
 
 
 class ReferenceBatchesImpl:
@@ -141,7 +130,7 @@ class ReferenceBatchesImpl:
         *,
         idem_tok: str | None = None,
     ) -> Batch:
-        idempotency_key = _one_key(idempotency_key, idem_tok)
+        idempotency_key = one_key(idempotency_key, idem_tok)
         check_create(endpoint, completion_window, self.config.completion_windows, idempotency_key)
         check_metadata(metadata)
         params = CreateParams(

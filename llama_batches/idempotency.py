@@ -1,0 +1,37 @@
+"""Shared pieces of idempotent creation: the key's alias, and how a batches provider tells its caller that a create
+was a replay (the server answers it with ``Idempotent-Replayed: true``) through a context variable, so the API
+signatures stay llama-stack's."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+from .errors import InvalidRequestError
+
+__all__ = ["mark_replayed", "one_key", "watch_replay"]
+
+_replayed: ContextVar[bool] = ContextVar("llama_batches_replayed", default=False)
+
+
+def mark_replayed() -> None:
+    """Called by a provider whose create_batch returned an existing batch for a known idempotency key."""
+    _replayed.set(True)
+
+
+@contextmanager
+def watch_replay() -> Iterator[Callable[[], bool]]:
+    """Inside the block, the yielded function tells whether a create awaited in this task was a replay."""
+    token = _replayed.set(False)
+    try:
+        yield _replayed.get
+    finally:
+        _replayed.reset(token)
+
+
+def one_key(idempotency_key: str | None, idem_tok: str | None) -> str | None:
+    """The key, given as ``idempotency_key`` or as ``idem_tok`` (the seed's early name); two that differ are a 400."""
+    if idempotency_key is not None and idem_tok is not None and idempotency_key != idem_tok:
+        raise InvalidRequestError("idempotency_key and idem_tok differ.", code="invalid_value", param="idem_tok")
+    return idempotency_key if idempotency_key is not None else idem_tok
