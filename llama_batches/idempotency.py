@@ -4,13 +4,17 @@ signatures stay llama-stack's."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import hashlib
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Any
+
+import orjson
 
 from .errors import InvalidRequestError
 
-__all__ = ["mark_replayed", "one_key", "watch_replay"]
+__all__ = ["fingerprint", "mark_replayed", "one_key", "scoped_key", "watch_replay"]
 
 _replayed: ContextVar[bool] = ContextVar("llama_batches_replayed", default=False)
 
@@ -35,3 +39,13 @@ def one_key(idempotency_key: str | None, idem_tok: str | None) -> str | None:
     if idempotency_key is not None and idem_tok is not None and idempotency_key != idem_tok:
         raise InvalidRequestError("idempotency_key and idem_tok differ.", code="invalid_value", param="idem_tok")
     return idempotency_key if idempotency_key is not None else idem_tok
+
+
+def fingerprint(params: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of create parameters: key order does not matter anywhere, None != {}."""
+    return hashlib.sha256(orjson.dumps(dict(params), option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def scoped_key(owner: str, key: str) -> str:
+    """A digest of (owner, key): the same key used by two principals never names the same thing."""
+    return hashlib.sha256(f"{owner}\x00{key}".encode()).hexdigest()

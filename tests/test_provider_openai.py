@@ -26,8 +26,9 @@ from llama_batches.errors import (
     UpstreamTimeoutError,
 )
 from llama_batches.registry import ProviderDeps, default_registry, instantiate_provider
+from llama_batches.upstream import error_from_sdk
 from llama_batches_openai.config import OpenAIConfig
-from llama_batches_openai.inference import OpenAICompatInference, error_from_sdk
+from llama_batches_openai.inference import OpenAICompatInference
 
 from .conformance.inference import InferenceConformance
 from .conftest import openai_provider, run_config

@@ -17,48 +17,16 @@ import openai
 from openai import AsyncOpenAI
 
 from llama_batches.api import ChatCompletion, Completion, CreateEmbeddingResponse, Endpoint, RawResponse
-from llama_batches.errors import (
-    APIError,
-    RateLimitedError,
-    ServiceUnavailableError,
-    UpstreamError,
-    UpstreamTimeoutError,
-    error_for_status,
-)
+from llama_batches.errors import ServiceUnavailableError, UpstreamTimeoutError
+from llama_batches.upstream import error_from_sdk
 
 from .config import OpenAICompatConfig
 
-__all__ = ["OpenAICompatInference", "error_from_sdk"]
+__all__ = ["OpenAICompatInference"]
 
 T = TypeVar("T")
 
 _KEPT_HEADERS = ("retry-after", "retry-after-ms", "x-request-id", "content-type")
-
-
-def error_from_sdk(exc: openai.OpenAIError, where: str) -> APIError:
-    """An openai SDK exception as an error of our tree; the backend's status, code and message are kept."""
-    if isinstance(exc, openai.APITimeoutError):
-        return UpstreamTimeoutError(f"{where} did not answer in time.")
-    if isinstance(exc, openai.APIConnectionError):
-        return ServiceUnavailableError(f"{where} cannot be reached: {exc}")
-    if isinstance(exc, openai.APIStatusError):
-        body = exc.body if isinstance(exc.body, dict) else {}
-        message = str(body.get("message") or exc.message)
-        code, param = body.get("code"), body.get("param")
-        if exc.status_code in (401, 403):  # our credentials, not the caller's
-            return UpstreamError(f"{where} refused our credentials: {message}", code=code)
-        if exc.status_code == 429:
-            return RateLimitedError(message, code=code, param=param, retry_after=_retry_after(exc.response.headers))
-        return error_for_status(exc.status_code, message, code=code, param=param)
-    return UpstreamError(f"{where} failed: {exc}")
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """``Retry-After`` in seconds, when the server gave a number."""
-    try:
-        return float(headers["retry-after"])
-    except (KeyError, ValueError):
-        return None
 
 
 class OpenAICompatInference:

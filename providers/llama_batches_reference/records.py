@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from typing import Any
 
-import orjson
 from pydantic import BaseModel
 
 from llama_batches.api import Batch, BatchStatus, OutputExpiresAfter
+from llama_batches.idempotency import fingerprint, scoped_key
 
 __all__ = ["ACTIVE_STATUSES", "BatchRecord", "CreateParams", "batch_id_for", "window_seconds"]
 
@@ -32,8 +31,7 @@ class CreateParams(BaseModel):
 
     def fingerprint(self) -> str:
         """sha256 of the canonical JSON of the parameters: metadata key order does not matter, None != {}."""
-        canonical = orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
-        return hashlib.sha256(canonical).hexdigest()
+        return fingerprint(self.model_dump(mode="json"))
 
 
 class BatchRecord(BaseModel):
@@ -60,8 +58,7 @@ def batch_id_for(owner: str, idempotency_key: str | None) -> str:
     """A new random id; or, for a key, the id every create with (owner, key) agrees on without asking anyone."""
     if idempotency_key is None:
         return f"batch_{uuid.uuid4().hex}"
-    digest = hashlib.sha256(f"{owner}\x00{idempotency_key}".encode()).hexdigest()
-    return f"batch_{digest[:32]}"
+    return f"batch_{scoped_key(owner, idempotency_key)[:32]}"
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
