@@ -12,6 +12,7 @@ from typing import Literal, Protocol, runtime_checkable
 from openai.types import FileDeleted, FileObject
 from pydantic import BaseModel, Field
 
+from ..errors import InvalidRequestError
 from .common import ListResponse, Order
 
 __all__ = [
@@ -25,7 +26,7 @@ __all__ = [
 
 
 class FilePurpose(StrEnum):
-    """What a file is for (OpenAI's upload purposes, plus ``batch_output`` for results)."""
+    """What a file is for: the purposes of OpenAI's file object (``batch_output`` for batch results)."""
 
     assistants = "assistants"
     batch = "batch"
@@ -33,7 +34,17 @@ class FilePurpose(StrEnum):
     fine_tune = "fine-tune"
     vision = "vision"
     user_data = "user_data"
-    evals = "evals"
+
+    @classmethod
+    def parse(cls, value: str) -> FilePurpose:
+        """``value`` as a purpose; InvalidRequestError naming ``purpose`` and the allowed values otherwise."""
+        try:
+            return cls(value)
+        except ValueError:
+            allowed = ", ".join(p.value for p in cls)
+            raise InvalidRequestError(
+                f"Invalid value: '{value}'. Supported values are: {allowed}.", code="invalid_value", param="purpose"
+            ) from None
 
 
 class ExpiresAfter(BaseModel):

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
@@ -104,10 +105,21 @@ class StreamingForm:
                 chunk = await self._stream.__anext__()
             except StopAsyncIteration:
                 self._done = True
-                self._parser.finalize()
+                self._feed(None)
                 continue
-            self._parser.write(chunk)
+            self._feed(chunk)
         return self._events.popleft()
+
+    def _feed(self, chunk: bytes | None) -> None:
+        try:
+            if chunk is None:
+                self._parser.finalize()
+            else:
+                self._parser.write(chunk)
+        except MultipartParseError as exc:
+            raise InvalidRequestError(
+                f"Malformed multipart body: {exc}", code="invalid_multipart", param="file"
+            ) from None
 
     async def until_file(self) -> bool:
         """Collect fields until the file part starts; False when the form has no file part."""

@@ -82,22 +82,22 @@ class LocalfsFilesImpl:
         filename: str,
         expires_after: ExpiresAfter | None = None,
     ) -> FileObject:
-        purpose = _purpose(purpose)
+        purpose = FilePurpose.parse(purpose)
         file_id = self._new_id()
         size = await self._write(file_id, file)
         now = int(self._clock())
         lifetime = expires_after.seconds if expires_after is not None else self._config.ttl_secs
-        record = FileObject(
-            id=file_id,
-            object="file",
-            bytes=size,
-            created_at=now,
-            expires_at=now + lifetime,
-            filename=safe_filename(filename),
-            purpose=purpose.value,
-            status="processed",
-        )
         try:
+            record = FileObject(
+                id=file_id,
+                object="file",
+                bytes=size,
+                created_at=now,
+                expires_at=now + lifetime,
+                filename=safe_filename(filename),
+                purpose=purpose.value,
+                status="processed",
+            )
             await self._table.insert(current_principal(), record, tag=purpose.value)
         except BaseException:
             await asyncio.to_thread(self._path(file_id).unlink, missing_ok=True)
@@ -142,7 +142,7 @@ class LocalfsFilesImpl:
     ) -> ListFilesResponse:
         if not 1 <= limit <= 10_000:
             raise InvalidRequestError("limit must be between 1 and 10000.", code="invalid_value", param="limit")
-        tag = _purpose(purpose).value if purpose is not None else None
+        tag = FilePurpose.parse(purpose).value if purpose is not None else None
         page = await self._table.list(current_principal(), after=after, limit=limit, order=Order(order), tag=tag)
         return ListFilesResponse(
             data=page.items,
@@ -177,16 +177,6 @@ class LocalfsFilesImpl:
         deleted = await self._table.delete(current_principal(), file_id)
         await asyncio.to_thread(self._path(file_id).unlink, missing_ok=True)
         return deleted
-
-
-def _purpose(value: FilePurpose | str) -> FilePurpose:
-    try:
-        return FilePurpose(value)
-    except ValueError:
-        allowed = ", ".join(p.value for p in FilePurpose)
-        raise InvalidRequestError(
-            f"Invalid value: '{value}'. Supported values are: {allowed}.", code="invalid_value", param="purpose"
-        ) from None
 
 
 def _sync_and_close(handle: BinaryIO) -> None:

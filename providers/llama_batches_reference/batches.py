@@ -204,7 +204,7 @@ class ReferenceBatchesImpl:
                 return current.updated(status=BatchStatus.cancelling.value, cancelling_at=now)
             if current.status in (BatchStatus.cancelling, BatchStatus.cancelled):
                 return None
-            raise ConflictError(f"Cannot cancel a batch with status '{current.status.value}'.", param="batch_id")
+            raise ConflictError(f"Cannot cancel a batch with status '{current.status.value}'.")
 
         record, _ = await self.store.update(owner, batch_id, change)
         runner = self._runners.get(batch_id)

@@ -38,7 +38,10 @@ def check_create(endpoint: str, completion_window: str, windows: list[str], idem
         raise _invalid(f"Invalid value: '{endpoint}'. Supported values are: {allowed}.", "endpoint") from None
     if completion_window not in windows:
         allowed = ", ".join(f"'{w}'" for w in windows)
-        raise _invalid(f"Invalid value: '{completion_window}'. Supported values are: {allowed}.", "completion_window")
+        raise _invalid(
+            f"Invalid value for 'completion_window': '{completion_window}'. Supported values are: {allowed}.",
+            "completion_window",
+        )
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise _invalid(f"An idempotency key must have 1 to {MAX_IDEMPOTENCY_KEY} characters.", "idempotency_key")
     return target

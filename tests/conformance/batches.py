@@ -109,6 +109,7 @@ class BatchesConformance:
         ids=["metadata-value", "metadata-none", "metadata-empty", "endpoint", "input-file"],
     )
     async def test_same_key_and_other_parameters_conflict(self, env: BatchesEnv, change: dict[str, Any]) -> None:
+        change = dict(change)  # parameters are shared by every binding of the suite
         file_id = await env.upload([chat_line(0)])
         first = await env.create(file_id, metadata={"a": "1"}, idempotency_key="key-1")
         if change.pop("other_file", False):
@@ -164,6 +165,7 @@ class BatchesConformance:
     async def test_bad_create_parameters_are_400s_that_store_nothing(
         self, env: BatchesEnv, params: dict[str, Any], param: str
     ) -> None:
+        params = dict(params)  # parameters are shared by every binding of the suite
         file_id = await env.upload([chat_line(0)])
         endpoint = params.pop("endpoint", CHAT)
         window = params.pop("completion_window", "24h")

@@ -58,7 +58,7 @@ class FilesConformance:
 
     async def test_list_is_newest_first_and_pages_with_after(self, files_impl: Files) -> None:
         ids = [
-            (await files_impl.openai_upload_file(chunks([b"x"]), FilePurpose.batch, f"{i}.jsonl")).id for i in range(5)
+            (await files_impl.openai_upload_file(chunks([JSONL]), FilePurpose.batch, f"{i}.jsonl")).id for i in range(5)
         ]
         first = await files_impl.openai_list_files(limit=2)
         assert [f.id for f in first.data] == ids[::-1][:2]

@@ -1,0 +1,282 @@
+"""``/v1/files`` on a live ``llama-batches serve`` through the real openai SDK and hand-built multipart bodies: the
+round trip, expiry, and the uploads the server refuses (not JSONL, too large) without keeping anything.
+
+One server for the module; its files provider accepts at most ``MAX_FILE_BYTES``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+import pytest_asyncio
+
+from .conformance.batches import chat_line, jsonl
+from .fake_backend import FakeBackend
+from .server_process import ServerProcess
+from .test_provider_reference import reference_config
+from .test_server import (
+    CHAT,
+    Live,
+    RequestLog,
+    assert_openai_error,
+    async_client,
+    in_thread,
+    sdk_error,
+    sync_client,
+    wait_batch,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+MAX_FILE_BYTES = 1024 * 1024
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def live(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Live]:
+    directory = tmp_path_factory.mktemp("files-server")
+    async with FakeBackend() as backend:
+        config = reference_config(directory, backend)
+        config["providers"]["files"][0]["config"]["max_file_size_bytes"] = MAX_FILE_BYTES
+        async with ServerProcess(config, directory) as server:
+            yield Live(server, backend, directory)
+
+
+def stored_files(live: Live) -> list[Path]:
+    """Every file under the files provider's storage directory."""
+    root = live.directory / "files"
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+async def all_file_ids(client: openai.AsyncOpenAI) -> list[str]:
+    return [f.id async for f in client.files.list()]
+
+
+async def multipart(live: Live, parts: list[tuple[str, Any, str | None]]) -> tuple[int, Any]:
+    """POST /v1/files with the form ``parts`` (name, value, filename) in exactly this order."""
+    form = aiohttp.FormData()
+    for name, value, filename in parts:
+        if filename is None:
+            form.add_field(name, value)
+        else:
+            form.add_field(name, value, filename=filename, content_type="application/octet-stream")
+    async with aiohttp.ClientSession() as session, session.post(f"{live.base_url}/files", data=form) as answer:
+        return answer.status, await answer.json()
+
+
+# 6. round trip ------------------------------------------------------------------------------------------------
+
+
+async def test_a_user_data_file_round_trips_through_the_sync_sdk(live: Live) -> None:
+    data = os.urandom(200_000) + b"\x00\xff not utf-8 \xfe"
+    with sync_client(live.base_url) as client:
+        created = await in_thread(client.files.create, file=("blob.bin", data), purpose="user_data")
+        listed_user_data = await in_thread(lambda: list(client.files.list(purpose="user_data")))
+        listed_batch = await in_thread(lambda: list(client.files.list(purpose="batch")))
+        retrieved = await in_thread(client.files.retrieve, created.id)
+        content = (await in_thread(client.files.content, created.id)).content
+        deleted = await in_thread(client.files.delete, created.id)
+        with pytest.raises(openai.NotFoundError) as gone:
+            await in_thread(client.files.retrieve, created.id)
+        with pytest.raises(openai.NotFoundError):
+            await in_thread(client.files.content, created.id)
+        with pytest.raises(openai.NotFoundError):
+            await in_thread(client.files.delete, created.id)
+    assert created.object == "file" and created.id.startswith("file-")
+    assert (created.purpose, created.bytes, created.filename) == ("user_data", len(data), "blob.bin")
+    assert created.id in [f.id for f in listed_user_data]
+    assert all(f.purpose == "user_data" for f in listed_user_data)
+    assert created.id not in [f.id for f in listed_batch]
+    assert retrieved.model_dump() == created.model_dump()
+    assert content == data
+    assert (deleted.id, deleted.deleted, deleted.object) == (created.id, True, "file")
+    sdk_error(gone.value)
+
+
+async def test_files_list_in_both_orders(live: Live) -> None:
+    async with async_client(live.base_url) as client:
+        made = [
+            (await client.files.create(file=(f"order-{i}.txt", b"x" * (i + 1)), purpose="user_data")).id
+            for i in range(3)
+        ]
+        ascending = [f async for f in client.files.list(order="asc", purpose="user_data")]
+        descending = [f async for f in client.files.list(order="desc", purpose="user_data")]
+        page = await client.files.list(order="asc", purpose="user_data", limit=2)
+    asc_ids = [f.id for f in ascending]
+    assert [i for i in asc_ids if i in made] == made
+    assert [f.id for f in descending] == asc_ids[::-1]
+    assert [f.created_at for f in ascending] == sorted(f.created_at for f in ascending)
+    assert [f.id for f in page.data] == asc_ids[:2] and page.has_more == (len(asc_ids) > 2)
+
+
+async def test_expires_after_sets_expires_at(live: Live) -> None:
+    async with async_client(live.base_url) as client:
+        created = await client.files.create(
+            file=("expiring.txt", b"soon gone"),
+            purpose="user_data",
+            expires_after={"anchor": "created_at", "seconds": 3600},
+        )
+        retrieved = await client.files.retrieve(created.id)
+    assert created.expires_at == created.created_at + 3600
+    assert retrieved.expires_at == created.expires_at
+
+
+# 7. refusals --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\n\n", b"not json\n", b'{"custom_id": "a"}\n[1, 2, 3]\n', b'"a string"'],
+    ids=["empty", "blank-lines", "not-json", "array-line", "string"],
+)
+async def test_a_batch_upload_that_is_not_jsonl_is_a_400_mentioning_jsonl(live: Live, content: bytes) -> None:
+    async with async_client(live.base_url) as client:
+        before = await all_file_ids(client)
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.files.create(file=("input.jsonl", content), purpose="batch")
+        after = await all_file_ids(client)
+    error = sdk_error(caught.value, param="file")
+    assert ".jsonl" in error["message"]
+    assert after == before
+
+
+async def test_an_upload_over_the_size_limit_is_a_413_and_nothing_is_kept(live: Live) -> None:
+    data = os.urandom(3 * MAX_FILE_BYTES)
+    log = RequestLog()
+    async with async_client(live.base_url, log) as client:
+        before, on_disk = await all_file_ids(client), stored_files(live)
+        with pytest.raises(openai.APIStatusError) as caught:
+            await client.files.create(file=("big.bin", data), purpose="user_data")
+        after = await all_file_ids(client)
+        # a file just under the limit is fine
+        small = await client.files.create(file=("small.bin", data[: MAX_FILE_BYTES - 10]), purpose="user_data")
+        await client.files.delete(small.id)
+    assert caught.value.status_code == 413
+    assert log.count("POST", "/v1/files") == 2  # the refused upload was answered, not retried; then the small one
+    error = sdk_error(caught.value, param="file")
+    assert error["type"] == "invalid_request_error"
+    assert after == before
+    assert stored_files(live) == on_disk
+
+
+async def test_a_batch_upload_over_the_size_limit_is_a_413(live: Live) -> None:
+    lines = jsonl([chat_line(i, content="y" * 1000) for i in range(2 * MAX_FILE_BYTES // 1000)])
+    assert len(lines) > MAX_FILE_BYTES
+    with sync_client(live.base_url) as client:
+        before = await in_thread(lambda: [f.id for f in client.files.list()])
+        with pytest.raises(openai.APIStatusError) as caught:
+            await in_thread(client.files.create, file=("big.jsonl", lines), purpose="batch")
+        after = await in_thread(lambda: [f.id for f in client.files.list()])
+    assert caught.value.status_code == 413
+    assert after == before
+
+
+async def test_purpose_after_the_file_part_still_works(live: Live) -> None:
+    lines = jsonl([chat_line(i, content=f"purpose-after {i}") for i in range(3)])
+    status, body = await multipart(live, [("file", lines, "late.jsonl"), ("purpose", "batch", None)])
+    assert status == 200, body
+    assert (body["purpose"], body["bytes"], body["filename"]) == ("batch", len(lines), "late.jsonl")
+    async with async_client(live.base_url) as client:
+        assert (await client.files.content(body["id"])).content == lines
+        batch = await client.batches.create(input_file_id=body["id"], endpoint=CHAT, completion_window="24h")
+        done = await wait_batch(client, batch.id)
+    assert done.status == "completed" and done.request_counts is not None
+    assert done.request_counts.completed == 3
+
+
+async def test_purpose_and_expiry_after_the_file_part_for_user_data(live: Live) -> None:
+    status, body = await multipart(
+        live,
+        [
+            ("file", b"late fields", "late.txt"),
+            ("purpose", "user_data", None),
+            ("expires_after[anchor]", "created_at", None),
+            ("expires_after[seconds]", "7200", None),
+        ],
+    )
+    assert status == 200, body
+    assert body["purpose"] == "user_data" and body["expires_at"] == body["created_at"] + 7200
+
+
+async def test_a_late_purpose_batch_still_checks_jsonl(live: Live) -> None:
+    async with async_client(live.base_url) as client:
+        before = await all_file_ids(client)
+        status, body = await multipart(live, [("file", b"not json\n", "late.jsonl"), ("purpose", "batch", None)])
+        assert await all_file_ids(client) == before
+    assert status == 400
+    assert ".jsonl" in assert_openai_error(body, param="file")["message"]
+
+
+@pytest.mark.parametrize(
+    ("parts", "param"),
+    [
+        ([("file", b"data", "a.txt")], "purpose"),
+        ([("purpose", "nonsense", None), ("file", b"data", "a.txt")], "purpose"),
+        ([("purpose", "user_data", None)], "file"),
+        ([("purpose", "user_data", None), ("expires_after[seconds]", "60", None), ("file", b"d", "a.txt")], None),
+    ],
+    ids=["no-purpose", "bad-purpose", "no-file", "expiry-too-short"],
+)
+async def test_a_bad_upload_form_is_a_400_naming_the_field(
+    live: Live, parts: list[tuple[str, Any, str | None]], param: str | None
+) -> None:
+    async with async_client(live.base_url) as client:
+        before = await all_file_ids(client)
+        status, body = await multipart(live, parts)
+        assert await all_file_ids(client) == before
+    assert status == 400, body
+    error = assert_openai_error(body)
+    if param is not None:
+        assert error["param"] == param
+    else:
+        assert error["param"] is not None and "expires_after" in error["param"]
+
+
+async def test_an_upload_that_is_not_multipart_is_a_400(live: Live) -> None:
+    async with aiohttp.ClientSession() as session, session.post(f"{live.base_url}/files", json={"a": 1}) as answer:
+        status, body = answer.status, await answer.json()
+    assert status == 400
+    assert_openai_error(body, param="file")
+
+
+# server errors found by schemathesis (test_server_schema), pinned here with exact requests ---------------------
+
+
+async def test_an_upload_with_purpose_evals_is_not_a_server_error_and_leaves_no_orphan(live: Live) -> None:
+    """``evals`` is one of OpenAI's upload purposes (and in the server's schema enum)."""
+    async with async_client(live.base_url) as client:
+        no_retry = client.with_options(max_retries=0)
+        before, on_disk = await all_file_ids(client), stored_files(live)
+        try:
+            created = await no_retry.files.create(file=("eval.jsonl", b'{"item": 1}\n'), purpose="evals")
+        except openai.APIStatusError as exc:
+            status, body = exc.status_code, exc.response.json()
+        else:
+            status, body = 200, created.model_dump()
+        after = await all_file_ids(client)
+    leftovers = [p.name for p in stored_files(live) if p not in on_disk]
+    assert status < 500, f"POST /v1/files purpose=evals answered {status}: {body}; left on disk: {leftovers}"
+    if status == 200:
+        assert body["purpose"] == "evals" and [i for i in after if i not in before] == [body["id"]]
+    else:
+        assert status == 400 and assert_openai_error(body, param="purpose")
+        assert after == before and not leftovers, f"refused upload left {leftovers} on disk"
+
+
+async def test_a_malformed_multipart_body_is_a_400_not_a_500(live: Live) -> None:
+    boundary = "2eeee80e2bcb303cb3f45baa15093b74"
+    body = f"--{boundary}\r\n5.61020783214989e+16--{boundary}--\r\n".encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{live.base_url}/files", data=body, headers=headers) as answer,
+    ):
+        status, text = answer.status, await answer.text()
+    assert status == 400, f"a malformed multipart body answered {status}: {text}"
+    assert_openai_error(json.loads(text))
