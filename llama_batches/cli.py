@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .api import BatchStatus
+from .cli_batches import batches_app
+from .cli_files import files_app
 from .errors import LlamaBatchesError
 from .local_run import RunPlan, run_file
 from .registry import default_registry
@@ -39,6 +41,10 @@ ConfigOption = Annotated[
         show_default=False,
     ),
 ]
+
+
+app.add_typer(batches_app, name="batches")
+app.add_typer(files_app, name="files")
 
 
 def default_config_path() -> Path:
