@@ -120,7 +120,7 @@ def test_a_wrong_provider_type_lists_the_known_ones(acme_distribution: Path) -> 
         build_stack(acme_config("remote::acmee"))
     assert info.value.path == "providers.files[0].provider_type"
     assert "remote::acme" in info.value.known and "inline::localfs" in info.value.known
-    assert str(info.value).endswith("known: inline::localfs, remote::acme")
+    assert str(info.value).endswith("known: inline::localfs, remote::acme, remote::passthrough")
 
 
 class EmptyConfig(BaseModel):

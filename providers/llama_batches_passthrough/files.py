@@ -1,0 +1,119 @@
+"""``remote::passthrough`` files: the remote's Files API, uploads and downloads streamed through. A file belongs
+to the principal that uploaded it (or whose batch produced it); for another principal it does not exist."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator
+
+import aiohttp
+from aiohttp.payload import AsyncIterablePayload
+
+from llama_batches.api import ExpiresAfter, FileDeleted, FileObject, FilePurpose, ListFilesResponse, Order
+from llama_batches.errors import InvalidRequestError, NotFoundError
+from llama_batches.principal import current_principal
+from llama_batches.storage import Table
+
+from .config import PassthroughFilesConfig
+from .remote import Owned, Remote
+
+__all__ = ["PassthroughFiles"]
+
+CHUNK = 1024 * 1024
+
+
+class PassthroughFiles:
+    """The Files API of a remote server."""
+
+    def __init__(self, config: PassthroughFilesConfig, owned: Table[Owned]) -> None:
+        self.remote = Remote(config)
+        self.owned = owned
+
+    async def shutdown(self) -> None:
+        """Close the connections to the remote."""
+        await self.remote.close()
+
+    async def openai_upload_file(
+        self,
+        file: AsyncIterable[bytes],
+        purpose: FilePurpose,
+        filename: str,
+        expires_after: ExpiresAfter | None = None,
+    ) -> FileObject:
+        purpose = FilePurpose.parse(purpose)
+        with aiohttp.MultipartWriter("form-data") as form:
+            form.append(purpose.value).set_content_disposition("form-data", name="purpose")
+            if expires_after is not None:
+                form.append(expires_after.anchor).set_content_disposition("form-data", name="expires_after[anchor]")
+                seconds = str(expires_after.seconds)
+                form.append(seconds).set_content_disposition("form-data", name="expires_after[seconds]")
+            payload = AsyncIterablePayload(file.__aiter__(), content_type="application/octet-stream")
+            form.append_payload(payload).set_content_disposition("form-data", name="file", filename=filename)
+            try:
+                async with self.remote.session().post(f"{self.remote.base_url}/files", data=form) as response:
+                    await self.remote.check(response)
+                    created = FileObject.model_validate(await response.json())
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise self.remote.transport_error(exc) from exc
+        await self.owned.insert(current_principal(), Owned(id=created.id, created_at=created.created_at))
+        return created
+
+    async def openai_list_files(
+        self,
+        after: str | None = None,
+        limit: int = 10_000,
+        order: Order = Order.desc,
+        purpose: FilePurpose | None = None,
+    ) -> ListFilesResponse:
+        """The caller's files: one page of the ownership table, each file's metadata fetched concurrently."""
+        if not 1 <= limit <= 10_000:
+            raise InvalidRequestError("limit must be between 1 and 10000.", code="invalid_value", param="limit")
+        wanted = FilePurpose.parse(purpose).value if purpose is not None else None
+        owner, data, cursor = current_principal(), [], after
+        while True:  # a purpose filter is applied to the remote's answers, so a page may take several reads
+            page = await self.owned.list(owner, after=cursor, limit=limit, order=Order(order))
+            files = await asyncio.gather(*(self._metadata(o.id) for o in page.items))
+            data += [f for f in files if f is not None and (wanted is None or f.purpose == wanted)]
+            if len(data) >= limit or not page.has_more:
+                break
+            cursor = page.items[-1].id
+        return ListFilesResponse(
+            data=data[:limit],
+            first_id=data[0].id if data else None,
+            last_id=data[:limit][-1].id if data else None,
+            has_more=page.has_more or len(data) > limit,
+        )
+
+    async def _metadata(self, file_id: str) -> FileObject | None:
+        sdk = self.remote.sdk
+        try:
+            return await self.remote.call(lambda: sdk.files.retrieve(file_id))
+        except NotFoundError:
+            return None  # deleted on the remote
+
+    async def openai_retrieve_file(self, file_id: str) -> FileObject:
+        if await self.owned.get(current_principal(), file_id) is None:
+            raise NotFoundError.for_resource("file", file_id, param="file_id")
+        sdk = self.remote.sdk
+        return await self.remote.call(lambda: sdk.files.retrieve(file_id))
+
+    async def openai_retrieve_file_content(self, file_id: str) -> AsyncIterator[bytes]:
+        await self.openai_retrieve_file(file_id)  # a missing file is a 404 before any byte is streamed
+        return self._stream(file_id)
+
+    async def _stream(self, file_id: str) -> AsyncIterator[bytes]:
+        url = f"{self.remote.base_url}/files/{file_id}/content"
+        try:
+            async with self.remote.session().get(url) as response:
+                await self.remote.check(response)
+                async for chunk in response.content.iter_chunked(CHUNK):
+                    yield chunk
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self.remote.transport_error(exc) from exc
+
+    async def openai_delete_file(self, file_id: str) -> FileDeleted:
+        await self.openai_retrieve_file(file_id)
+        sdk = self.remote.sdk
+        deleted = await self.remote.call(lambda: sdk.files.delete(file_id))
+        await self.owned.delete(current_principal(), file_id)
+        return deleted

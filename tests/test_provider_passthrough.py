@@ -1,0 +1,190 @@
+"""remote::passthrough against a second llama-batches server (reference engine + fake backend) run as a real
+subprocess: the batches and files conformance suites, and idempotency the remote itself is not asked for."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from aiohttp import ClientSession, web
+
+from llama_batches import build_stack
+from llama_batches.api import FilePurpose, Files
+from llama_batches.errors import ServiceUnavailableError, UpstreamTimeoutError
+
+from .conformance.batches import CHAT, BatchesConformance, BatchesEnv, chat_line, jsonl
+from .conformance.files import FilesConformance
+from .fake_backend import FakeBackend
+from .server_process import ServerProcess, free_port
+from .test_provider_reference import reference_config
+
+
+def front_config(directory: Path, remote_url: str, **batches: Any) -> dict[str, Any]:
+    """A stack whose batches and files are the remote's, with its ledger and ownership in SQLite."""
+    remote = {"base_url": remote_url, "api_key": "front-key", "timeout_s": 10.0}
+    return {
+        "version": 2,
+        "apis": ["batches", "files"],
+        "providers": {
+            "batches": [
+                {
+                    "provider_id": "remote",
+                    "provider_type": "remote::passthrough",
+                    "config": {**remote, "ledger": {"backend": "kv_default", "namespace": "front"}, **batches},
+                }
+            ],
+            "files": [
+                {
+                    "provider_id": "remote-files",
+                    "provider_type": "remote::passthrough",
+                    "config": {**remote, "ownership": {"backend": "kv_default", "namespace": "front"}},
+                }
+            ],
+        },
+        "storage": {"backends": {"kv_default": {"type": "kv_sqlite", "db_path": str(directory / "front.db")}}},
+    }
+
+
+@pytest.fixture
+async def remote(tmp_path: Path, fake_backend: FakeBackend) -> AsyncIterator[ServerProcess]:
+    """The remote: a llama-batches server with the reference engine on the fake backend."""
+    directory = tmp_path / "remote"
+    directory.mkdir()
+    async with ServerProcess(reference_config(directory, fake_backend), directory) as server:
+        yield server
+
+
+@pytest.fixture
+async def env(tmp_path: Path, remote: ServerProcess, fake_backend: FakeBackend) -> AsyncIterator[BatchesEnv]:
+    async with build_stack(front_config(tmp_path, remote.base_url)) as stack:
+        yield BatchesEnv(stack.batches, stack.files, fake_backend)
+
+
+class TestPassthroughBatches(BatchesConformance):
+    pass
+
+
+class TestPassthroughFiles(FilesConformance):
+    @pytest.fixture
+    async def files_impl(self, env: BatchesEnv) -> Files:
+        return env.files
+
+
+async def remote_batch_ids(remote: ServerProcess) -> list[str]:
+    """Every batch on the remote (asked directly, not through the front)."""
+    async with openai.AsyncOpenAI(base_url=remote.base_url, api_key="direct") as client:
+        return [batch.id async for batch in client.batches.list(limit=100)]
+
+
+async def test_64_concurrent_creates_on_the_front_make_one_remote_batch(
+    tmp_path: Path, remote: ServerProcess, fake_backend: FakeBackend
+) -> None:
+    front_dir = tmp_path / "front"
+    front_dir.mkdir()
+    front = ServerProcess(front_config(front_dir, remote.base_url), front_dir)
+    async with front, openai.AsyncOpenAI(base_url=front.base_url, api_key="unused") as client:
+        uploaded = await client.files.create(
+            file=("in.jsonl", jsonl([chat_line(i) for i in range(10)])), purpose="batch"
+        )
+        created = await asyncio.gather(
+            *(
+                client.batches.create(
+                    input_file_id=uploaded.id,
+                    endpoint="/v1/chat/completions",
+                    completion_window="24h",
+                    metadata={"run": "race"},
+                    extra_headers={"Idempotency-Key": "race"},
+                )
+                for _ in range(64)
+            )
+        )
+        assert len({b.id for b in created}) == 1
+        assert {tuple((b.metadata or {}).items()) for b in created} == {(("run", "race"),)}  # no marker shown
+        while (batch := await client.batches.retrieve(created[0].id)).status != "completed":
+            await asyncio.sleep(0.05)
+        output = (await client.files.content(batch.output_file_id or "")).text
+        with pytest.raises(openai.ConflictError) as conflict:
+            await client.batches.create(
+                input_file_id=uploaded.id,
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+                metadata={"run": "other"},
+                extra_headers={"Idempotency-Key": "race"},
+            )
+    assert conflict.value.response.headers.get("x-should-retry") == "false"
+    assert await remote_batch_ids(remote) == [created[0].id]
+    assert len(output.splitlines()) == 10 and sorted(fake_backend.seen.values()) == [1] * 10
+
+
+async def test_a_remote_that_is_down_is_a_503_and_nothing_is_recorded(tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    async with build_stack(front_config(tmp_path, dead, lost_create_grace_s=0.0, timeout_s=2.0)) as stack:
+        with pytest.raises(ServiceUnavailableError) as info:
+            await stack.batches.create_batch("file-x", CHAT, "24h", idempotency_key="k")
+        assert info.value.status == 503 and "cannot be reached" in info.value.message
+        assert (await stack.batches.list_batches()).data == []
+        with pytest.raises(ServiceUnavailableError):
+            await stack.files.openai_upload_file(_one(b'{"a": 1}\n'), FilePurpose.batch, "in.jsonl")
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+class SlowProxy:
+    """An HTTP proxy to the remote that holds each batch create for ``delay_s`` (the remote still gets it) and
+    strips the Idempotency-Key header, as a remote without idempotency would ignore it."""
+
+    def __init__(self, target: str, delay_s: float) -> None:
+        self.target = target.removesuffix("/v1")
+        self.delay_s = delay_s
+        self.creates_forwarded = 0
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+        self._session: ClientSession | None = None
+
+    async def _forward(self, request: web.Request) -> web.Response:
+        assert self._session is not None
+        body = await request.read()
+        dropped = ("host", "idempotency-key", "transfer-encoding", "content-length")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in dropped}
+        if request.method == "POST" and request.path == "/v1/batches":
+            await asyncio.sleep(self.delay_s)
+            self.creates_forwarded += 1
+        url = self.target + request.path_qs
+        async with self._session.request(request.method, url, data=body, headers=headers) as answer:
+            payload = await answer.read()
+            return web.Response(body=payload, status=answer.status, content_type=answer.content_type)
+
+    async def __aenter__(self) -> SlowProxy:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+        self._session = ClientSession()
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None and self._session is not None
+        await self._runner.cleanup()
+        await self._session.close()
+
+
+async def test_a_create_that_timed_out_is_found_again_not_made_twice(tmp_path: Path, remote: ServerProcess) -> None:
+    async with SlowProxy(remote.base_url, delay_s=1.0) as proxy:
+        config = front_config(tmp_path, f"http://127.0.0.1:{proxy.port}/v1", lost_create_grace_s=2.0)
+        config["providers"]["batches"][0]["config"]["timeout_s"] = 0.5
+        async with build_stack(config) as stack:
+            uploaded = await stack.files.openai_upload_file(_one(jsonl([chat_line(0)])), FilePurpose.batch, "in.jsonl")
+            with pytest.raises(UpstreamTimeoutError):
+                await stack.batches.create_batch(uploaded.id, CHAT, "24h", idempotency_key="slow")
+            retried = await stack.batches.create_batch(uploaded.id, CHAT, "24h", idempotency_key="slow")
+            again = await stack.batches.create_batch(uploaded.id, CHAT, "24h", idempotency_key="slow")
+    assert proxy.creates_forwarded == 1  # the retry found the first create on the remote instead of making another
+    assert retried.id == again.id
+    assert await remote_batch_ids(remote) == [retried.id]
