@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,10 +18,24 @@ from llama_batches.storage import (
     table_name,
 )
 from llama_batches.storage.base import check_identifier
-from llama_batches.storage.config import MemoryBackendConfig, PostgresBackendConfig, SqliteBackendConfig
+from llama_batches.storage.config import (
+    MemoryBackendConfig,
+    OtherBackendConfig,
+    PostgresBackendConfig,
+    SqliteBackendConfig,
+)
+from llama_batches.storage.postgres import PostgresDatabase
 from llama_batches.storage.sqlite import SqliteTable
 
-from .conformance.storage import LogOpener, Note, ResultLogConformance, StorageConformance, TableOpener
+from .conformance.storage import (
+    LeaseOpener,
+    LeasesConformance,
+    LogOpener,
+    Note,
+    ResultLogConformance,
+    StorageConformance,
+    TableOpener,
+)
 
 
 @pytest.fixture
@@ -29,7 +45,7 @@ async def sqlite_db(tmp_path: Path) -> AsyncIterator[SqliteDatabase]:
     await db.close()
 
 
-class TestSqlite(StorageConformance, ResultLogConformance):
+class TestSqlite(StorageConformance, ResultLogConformance, LeasesConformance):
     @pytest.fixture
     def tables(self, sqlite_db: SqliteDatabase) -> TableOpener:
         return lambda name: sqlite_db.table(name, Note)
@@ -38,8 +54,12 @@ class TestSqlite(StorageConformance, ResultLogConformance):
     def result_logs(self, sqlite_db: SqliteDatabase) -> LogOpener:
         return sqlite_db.result_log
 
+    @pytest.fixture
+    def lease_tables(self, sqlite_db: SqliteDatabase) -> LeaseOpener:
+        return sqlite_db.leases
 
-class TestMemory(StorageConformance, ResultLogConformance):
+
+class TestMemory(StorageConformance, ResultLogConformance, LeasesConformance):
     @pytest.fixture
     def tables(self) -> TableOpener:
         db = MemoryDatabase()
@@ -48,6 +68,38 @@ class TestMemory(StorageConformance, ResultLogConformance):
     @pytest.fixture
     def result_logs(self) -> LogOpener:
         return MemoryDatabase().result_log
+
+    @pytest.fixture
+    def lease_tables(self) -> LeaseOpener:
+        return MemoryDatabase().leases
+
+
+@pytest.fixture
+async def postgres_db(postgres: dict[str, Any]) -> AsyncIterator[PostgresDatabase]:
+    db = PostgresDatabase(PostgresBackendConfig(type="sql_postgres", **postgres))
+    yield db
+    await db.close()
+
+
+@pytest.mark.postgres
+class TestPostgres(StorageConformance, ResultLogConformance, LeasesConformance):
+    """The same suite on the real PostgreSQL server (a fresh database per session, fresh tables per test)."""
+
+    @pytest.fixture
+    def prefix(self) -> str:
+        return f"t{uuid.uuid4().hex[:10]}_"
+
+    @pytest.fixture
+    def tables(self, postgres_db: PostgresDatabase, prefix: str) -> TableOpener:
+        return lambda name: postgres_db.table(prefix + name, Note)
+
+    @pytest.fixture
+    def result_logs(self, postgres_db: PostgresDatabase, prefix: str) -> LogOpener:
+        return lambda name: postgres_db.result_log(prefix + name)
+
+    @pytest.fixture
+    def lease_tables(self, postgres_db: PostgresDatabase, prefix: str) -> LeaseOpener:
+        return lambda name: postgres_db.leases(prefix + name)
 
 
 async def test_sqlite_rows_survive_reopening_the_file(tmp_path: Path) -> None:
@@ -120,8 +172,8 @@ async def test_an_unknown_backend_names_the_config_path_and_the_known_ones() -> 
 
 
 async def test_an_unsupported_backend_type_names_its_config_path() -> None:
-    backends = StorageBackends({"pg": PostgresBackendConfig(type="sql_postgres", user="postgres")})
+    backends = StorageBackends({"kv": OtherBackendConfig(type="kv_redis")})
     with pytest.raises(ConfigError) as info:
-        await backends.table(SqlStoreReference(backend="pg", table_name="t"), "", Note)
-    assert info.value.path == "storage.backends.pg.type"
-    assert "sql_postgres" in str(info.value) and "sql_sqlite" in str(info.value)
+        await backends.table(SqlStoreReference(backend="kv", table_name="t"), "", Note)
+    assert info.value.path == "storage.backends.kv.type"
+    assert "kv_redis" in str(info.value) and "sql_postgres" in str(info.value)

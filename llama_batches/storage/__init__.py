@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .backends import StorageBackends, table_name
-from .base import Page, RequestResult, ResultLog, ResultTotals, Stored, Table, TableFactory
+from .base import Leases, Page, RequestResult, ResultLog, ResultTotals, Stored, Table, TableFactory
 from .config import (
     BackendType,
     KVStoreReference,
@@ -17,6 +17,7 @@ from .sqlite import SqliteDatabase, SqliteResultLog, SqliteTable
 __all__ = [
     "BackendType",
     "KVStoreReference",
+    "Leases",
     "MemoryDatabase",
     "MemoryResultLog",
     "MemoryTable",

@@ -13,10 +13,11 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from ..errors import ConfigError
-from .base import ResultLog, Table, TableFactory
+from .base import Leases, ResultLog, Table, TableFactory
 from .config import (
     BackendConfig,
     MemoryBackendConfig,
+    PostgresBackendConfig,
     SqliteBackendConfig,
     StoreReference,
 )
@@ -52,7 +53,11 @@ class StorageBackends:
             return SqliteDatabase(config.db_path)
         if isinstance(config, MemoryBackendConfig):
             return MemoryDatabase()
-        supported = "kv_sqlite, sql_sqlite, kv_memory, sql_memory"
+        if isinstance(config, PostgresBackendConfig):
+            from .postgres import PostgresDatabase  # asyncpg is an extra: imported only when configured
+
+            return PostgresDatabase(config)
+        supported = "kv_sqlite, sql_sqlite, kv_postgres, sql_postgres, kv_memory, sql_memory"
         raise ConfigError(
             f"storage.backends.{name}.type",
             f"backend type '{config.type}' is not supported by this release (supported: {supported})",
@@ -71,6 +76,10 @@ class StorageBackends:
     async def result_log(self, ref: StoreReference, suffix: str, *, path: str = "") -> ResultLog:
         """The result log for ``ref`` (plus ``suffix``)."""
         return await self.backend(ref.backend, path=path).result_log(table_name(ref, suffix))
+
+    async def leases(self, ref: StoreReference, suffix: str, *, path: str = "") -> Leases:
+        """The lease table for ``ref`` (plus ``suffix``)."""
+        return await self.backend(ref.backend, path=path).leases(table_name(ref, suffix))
 
     async def close(self) -> None:
         """Close every opened backend."""

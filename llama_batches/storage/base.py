@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from ..api.common import Order
 
 __all__ = [
+    "Leases",
     "Page",
     "Record",
     "RequestResult",
@@ -150,6 +151,27 @@ class ResultLog(Protocol):
         ...
 
 
+class Leases(Protocol):
+    """Time-limited exclusive claims on keys (a batch id), so that exactly one worker runs a batch and another
+    takes it over when the holder stops renewing (it crashed). Every operation is one atomic statement."""
+
+    async def acquire(self, key: str, holder: str, ttl_s: float, now: float) -> bool:
+        """Take ``key`` for ``ttl_s`` if nobody holds it, its lease expired, or ``holder`` already holds it."""
+        ...
+
+    async def renew(self, key: str, holder: str, ttl_s: float, now: float) -> bool:
+        """Extend ``holder``'s lease; False when it was lost (expired and taken by another)."""
+        ...
+
+    async def release(self, key: str, holder: str) -> None:
+        """Give ``key`` up, if ``holder`` holds it."""
+        ...
+
+    async def holder(self, key: str, now: float) -> str | None:
+        """Who holds ``key`` now, if anyone."""
+        ...
+
+
 class TableFactory(Protocol):
     """Opens tables on a backend."""
 
@@ -159,6 +181,10 @@ class TableFactory(Protocol):
 
     async def result_log(self, name: str) -> ResultLog:
         """The result log ``name``, created when missing."""
+        ...
+
+    async def leases(self, name: str) -> Leases:
+        """The lease table ``name``, created when missing."""
         ...
 
     async def close(self) -> None:

@@ -62,6 +62,7 @@ class PostgresBackendConfig(BaseModel):
     db: str = "llamastack"
     user: str
     password: str | None = None
+    pool_size: int = Field(default=10, ge=1, description="Connections kept open to the database at most.")
 
 
 class MemoryBackendConfig(BaseModel):

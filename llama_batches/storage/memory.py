@@ -16,9 +16,9 @@ from typing import Generic, TypeVar, cast
 from pydantic import BaseModel
 
 from ..api.common import Order
-from .base import Page, Record, RequestResult, ResultLog, ResultTotals, Stored, Table, check_identifier
+from .base import Leases, Page, Record, RequestResult, ResultLog, ResultTotals, Stored, Table, check_identifier
 
-__all__ = ["MemoryDatabase", "MemoryResultLog", "MemoryTable"]
+__all__ = ["MemoryDatabase", "MemoryLeases", "MemoryResultLog", "MemoryTable"]
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -38,6 +38,7 @@ class MemoryDatabase:
     def __init__(self) -> None:
         self._tables: dict[str, MemoryTable[BaseModel]] = {}
         self._logs: dict[str, MemoryResultLog] = {}
+        self._leases: dict[str, MemoryLeases] = {}
 
     async def table(self, name: str, model: type[R]) -> Table[R]:
         """The table ``name`` of ``model`` records (the same object on every call)."""
@@ -50,6 +51,11 @@ class MemoryDatabase:
         """The result log ``name`` (the same object on every call)."""
         check_identifier(name)
         return self._logs.setdefault(name, MemoryResultLog())
+
+    async def leases(self, name: str) -> Leases:
+        """The lease table ``name`` (the same object on every call)."""
+        check_identifier(name)
+        return self._leases.setdefault(name, MemoryLeases())
 
     async def close(self) -> None:
         """Nothing to release."""
@@ -156,3 +162,32 @@ class MemoryResultLog:
 
     async def delete(self, batch_id: str) -> None:
         self._results.pop(batch_id, None)
+
+
+class MemoryLeases:
+    """A :class:`~llama_batches.storage.base.Leases` in a dict (synchronous steps: atomic in one event loop)."""
+
+    def __init__(self) -> None:
+        self._leases: dict[str, tuple[str, float]] = {}
+
+    async def acquire(self, key: str, holder: str, ttl_s: float, now: float) -> bool:
+        current = self._leases.get(key)
+        if current is not None and current[0] != holder and current[1] > now:
+            return False
+        self._leases[key] = (holder, now + ttl_s)
+        return True
+
+    async def renew(self, key: str, holder: str, ttl_s: float, now: float) -> bool:
+        current = self._leases.get(key)
+        if current is None or current[0] != holder:
+            return False
+        self._leases[key] = (holder, now + ttl_s)
+        return True
+
+    async def release(self, key: str, holder: str) -> None:
+        if self._leases.get(key, ("", 0.0))[0] == holder:
+            del self._leases[key]
+
+    async def holder(self, key: str, now: float) -> str | None:
+        current = self._leases.get(key)
+        return current[0] if current is not None and current[1] > now else None

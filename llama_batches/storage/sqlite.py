@@ -16,9 +16,9 @@ import aiosqlite
 from pydantic import BaseModel
 
 from ..api.common import Order
-from .base import Page, Record, RequestResult, ResultLog, ResultTotals, Stored, Table, check_identifier
+from .base import Leases, Page, Record, RequestResult, ResultLog, ResultTotals, Stored, Table, check_identifier
 
-__all__ = ["SqliteDatabase", "SqliteResultLog", "SqliteTable"]
+__all__ = ["SqliteDatabase", "SqliteLeases", "SqliteResultLog", "SqliteTable"]
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -81,6 +81,15 @@ _RESULTS_TOTALS = (
 )
 _RESULTS_DELETE = "DELETE FROM {t} WHERE batch_id = ?"
 
+_LEASES_SCHEMA = "CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at REAL NOT NULL)"
+_LEASE_ACQUIRE = (
+    "INSERT INTO {t} (key, holder, expires_at) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE "
+    "SET holder = excluded.holder, expires_at = excluded.expires_at WHERE {t}.expires_at <= ? OR {t}.holder = ?"
+)
+_LEASE_RENEW = "UPDATE {t} SET expires_at = ? WHERE key = ? AND holder = ?"
+_LEASE_RELEASE = "DELETE FROM {t} WHERE key = ? AND holder = ?"
+_LEASE_HOLDER = "SELECT holder FROM {t} WHERE key = ? AND expires_at > ?"
+
 
 def _identity(record: BaseModel) -> tuple[str, int]:
     rec = cast(Record, record)
@@ -121,6 +130,14 @@ class SqliteDatabase:
         log = SqliteResultLog(self, check_identifier(name))
         await log.create()
         return log
+
+    async def leases(self, name: str) -> Leases:
+        """The lease table ``name``, created when missing."""
+        leases = SqliteLeases(self, check_identifier(name))
+        conn = await self.connection()
+        async with self.write_lock:
+            await conn.execute(_LEASES_SCHEMA.format(t=name))
+        return leases
 
     async def write(self, sql: str, params: tuple[Any, ...]) -> int:
         """Run one write statement; its row count."""
@@ -267,3 +284,27 @@ class SqliteResultLog:
 
     async def delete(self, batch_id: str) -> None:
         await self._db.write(self._sql(_RESULTS_DELETE), (batch_id,))
+
+
+class SqliteLeases:
+    """A :class:`~llama_batches.storage.base.Leases` in a SQLite table (one statement per operation)."""
+
+    def __init__(self, db: SqliteDatabase, name: str) -> None:
+        self._db = db
+        self._name = name
+
+    async def acquire(self, key: str, holder: str, ttl_s: float, now: float) -> bool:
+        sql = _LEASE_ACQUIRE.format(t=self._name)
+        return await self._db.write(sql, (key, holder, now + ttl_s, now, holder)) == 1
+
+    async def renew(self, key: str, holder: str, ttl_s: float, now: float) -> bool:
+        return await self._db.write(_LEASE_RENEW.format(t=self._name), (now + ttl_s, key, holder)) == 1
+
+    async def release(self, key: str, holder: str) -> None:
+        await self._db.write(_LEASE_RELEASE.format(t=self._name), (key, holder))
+
+    async def holder(self, key: str, now: float) -> str | None:
+        conn = await self._db.connection()
+        async with conn.execute(_LEASE_HOLDER.format(t=self._name), (key, now)) as cursor:
+            row = await cursor.fetchone()
+        return str(row[0]) if row is not None else None

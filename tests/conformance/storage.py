@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from llama_batches.api import Order
-from llama_batches.storage import RequestResult, ResultLog, ResultTotals, Table
+from llama_batches.storage import Leases, RequestResult, ResultLog, ResultTotals, Table
 
 
 class Note(BaseModel):
@@ -25,6 +25,7 @@ class Note(BaseModel):
 
 TableOpener = Callable[[str], Awaitable[Table[Note]]]
 LogOpener = Callable[[str], Awaitable[ResultLog]]
+LeaseOpener = Callable[[str], Awaitable[Leases]]
 
 
 def result(line: int, *, ok: bool = True, batch_id: str = "batch_1", tokens: int = 1) -> RequestResult:
@@ -217,3 +218,43 @@ class ResultLogConformance:
         await log.record("alice", [result(i) for i in range(1, 5001)])
         assert len(await log.done_lines("batch_1")) == 5000
         assert (await log.totals("batch_1")).completed == 5000
+
+
+class LeasesConformance:
+    """Bind ``lease_tables`` (an async factory ``name -> Leases``) in a subclass."""
+
+    @pytest.fixture
+    async def leases(self, lease_tables: LeaseOpener) -> Leases:
+        return await lease_tables("leases")
+
+    async def test_a_free_key_is_taken_and_held(self, leases: Leases) -> None:
+        assert await leases.acquire("batch_1", "w1", 10, now=100)
+        assert not await leases.acquire("batch_1", "w2", 10, now=105)
+        assert await leases.holder("batch_1", now=105) == "w1"
+        assert await leases.acquire("batch_1", "w1", 10, now=105)  # the holder may take it again (extends it)
+        assert await leases.holder("batch_1", now=112) == "w1"
+
+    async def test_an_expired_lease_is_taken_over_and_the_old_holder_loses_it(self, leases: Leases) -> None:
+        await leases.acquire("batch_1", "w1", 10, now=100)
+        assert await leases.holder("batch_1", now=111) is None
+        assert await leases.acquire("batch_1", "w2", 10, now=111)
+        assert not await leases.renew("batch_1", "w1", 10, now=112)
+        assert await leases.renew("batch_1", "w2", 10, now=112)
+        assert await leases.holder("batch_1", now=121) == "w2"
+
+    async def test_release_frees_the_key_only_for_its_holder(self, leases: Leases) -> None:
+        await leases.acquire("batch_1", "w1", 10, now=100)
+        await leases.release("batch_1", "w2")
+        assert await leases.holder("batch_1", now=101) == "w1"
+        await leases.release("batch_1", "w1")
+        assert await leases.acquire("batch_1", "w2", 10, now=101)
+
+    async def test_concurrent_acquires_make_one_holder(self, leases: Leases) -> None:
+        won = await asyncio.gather(*(leases.acquire("batch_1", f"w{i}", 10, now=100) for i in range(20)))
+        assert won.count(True) == 1
+        assert await leases.holder("batch_1", now=101) == f"w{won.index(True)}"
+
+    async def test_keys_are_independent(self, leases: Leases) -> None:
+        assert await leases.acquire("batch_1", "w1", 10, now=100)
+        assert await leases.acquire("batch_2", "w2", 10, now=100)
+        assert not await leases.renew("batch_2", "w1", 10, now=101)
