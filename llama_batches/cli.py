@@ -15,6 +15,7 @@ from rich.table import Table
 from .api import BatchStatus
 from .cli_batches import batches_app
 from .cli_files import files_app
+from .cli_server import serve, worker
 from .errors import LlamaBatchesError
 from .local_run import RunPlan, run_file
 from .registry import default_registry
@@ -152,28 +153,8 @@ def run(
         raise typer.Exit(code=1)
 
 
-@app.command()
-def serve(
-    config: ConfigOption = None,
-    host: Annotated[
-        str | None, typer.Option(help="Address to listen on. Default: server.host, else 127.0.0.1.")
-    ] = None,
-    port: Annotated[int | None, typer.Option(help="Port. Default: server.port of the config (8321).")] = None,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
-) -> None:
-    """Serve the stack's OpenAI-compatible API (batches, files, models) over HTTP."""
-    import uvicorn
-
-    from .server import create_app
-
-    try:
-        stack = build_stack(config or default_config_path())
-    except LlamaBatchesError as exc:
-        raise _fail(exc) from exc
-    bind_host = host or stack.config.server.host or "127.0.0.1"
-    bind_port = port if port is not None else stack.config.server.port
-    errors.print(f"llama-batches serving on http://{bind_host}:{bind_port}/v1", highlight=False)
-    uvicorn.run(create_app(stack), host=bind_host, port=bind_port, log_level=log_level, timeout_graceful_shutdown=10)
+app.command()(serve)
+app.command()(worker)
 
 
 def main() -> None:

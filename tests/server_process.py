@@ -84,3 +84,45 @@ class ServerProcess:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
+
+
+class WorkerProcess:
+    """Runs ``python -m llama_batches.cli worker`` on a config file; its log is kept in ``log_path``."""
+
+    def __init__(self, config_path: Path, log_path: Path) -> None:
+        self.config_path = config_path
+        self.log_path = log_path
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Start the worker and wait until it says it is running."""
+        log = self.log_path.open("ab")
+        command = [sys.executable, "-m", "llama_batches.cli", "worker", "--config", str(self.config_path)]
+        self.process = await asyncio.create_subprocess_exec(*command, stdout=log, stderr=log)
+        log.close()
+        async with asyncio.timeout(timeout):
+            while "worker running" not in self.log_path.read_text(errors="replace"):
+                if self.process.returncode is not None:
+                    raise RuntimeError(f"the worker exited: {self.log_path.read_text()}")
+                await asyncio.sleep(0.05)
+
+    def batches_run(self) -> set[str]:
+        """The batch ids this worker started running, from its log."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return {line.rsplit(" ", 1)[-1] for line in text.splitlines() if " runs batch " in line}
+
+    async def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it lingers."""
+        if self.process is None or self.process.returncode is not None:
+            return
+        self.process.terminate()
+        try:
+            await asyncio.wait_for(self.process.wait(), 15)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()

@@ -206,7 +206,11 @@ async def test_expiry_writes_partial_output_and_batch_expired_lines(tmp_path: Pa
         db = MemoryDatabase()
         table = await db.table("batches", BatchRecord)
         log = await db.result_log("requests")
-        engine = ReferenceBatchesImpl(config, table, log, stack.files, stack.models, stack.inference, clock=clock)
+        leases = await db.leases("leases")
+        engine = ReferenceBatchesImpl(
+            config, table, log, leases, stack.files, stack.models, stack.inference, clock=clock
+        )
+        await engine.initialize()
         env = BatchesEnv(engine, stack.files, fake_backend)
         created = await env.create(await env.upload([chat_line(i) for i in range(100)]))
         while fake_backend.succeeded < 4:

@@ -49,7 +49,7 @@ async def test_a_killed_process_leaves_a_batch_the_next_stack_finishes(
     tmp_path: Path, fake_backend: FakeBackend
 ) -> None:
     fake_backend.latency_s = 0.02
-    config = reference_config(tmp_path, fake_backend, max_concurrent_requests_per_batch=WINDOW)
+    config = reference_config(tmp_path, fake_backend, max_concurrent_requests_per_batch=WINDOW, lease_ttl_s=1.0)
     config_path = tmp_path / "run.yaml"
     config_path.write_text(yaml.safe_dump(config))
     data = tmp_path / "requests.jsonl"
@@ -67,7 +67,7 @@ async def test_a_killed_process_leaves_a_batch_the_next_stack_finishes(
     answered_before = fake_backend.succeeded
     assert answered_before < REQUESTS
 
-    async with build_stack(config) as stack:  # initialize() resumes what the dead process left
+    async with build_stack(config) as stack:  # once the dead worker's lease expires, this one takes the batch over
         env = BatchesEnv(stack.batches, stack.files, fake_backend)
         batch = await env.wait(batch_id)
         output = await env.lines(batch.output_file_id)

@@ -35,6 +35,7 @@ async def get_provider_impl(config: ReferenceBatchesImplConfig, deps: ProviderDe
 
     table = await deps.storage.table(config.kvstore, "batches", BatchRecord)
     log = await deps.storage.result_log(config.kvstore, "requests")
-    impl = ReferenceBatchesImpl(config, table, log, deps[Api.files], deps[Api.models], deps[Api.inference])
+    leases = await deps.storage.leases(config.kvstore, "leases")
+    impl = ReferenceBatchesImpl(config, table, log, leases, deps[Api.files], deps[Api.models], deps[Api.inference])
     await impl.initialize()
     return impl

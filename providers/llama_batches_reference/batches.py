@@ -22,12 +22,13 @@ from llama_batches.api import (
 from llama_batches.errors import ConflictError, InvalidRequestError
 from llama_batches.idempotency import mark_replayed, one_key
 from llama_batches.principal import current_principal
-from llama_batches.storage import ResultLog, Table
+from llama_batches.storage import Leases, ResultLog, Table
 
 from .config import ReferenceBatchesImplConfig
 from .executor import RequestExecutor
-from .records import ACTIVE_STATUSES, BatchRecord, CreateParams, batch_id_for, window_seconds
-from .runner import BatchRunner, EngineParts
+from .records import BatchRecord, CreateParams, batch_id_for, window_seconds
+from .runner import EngineParts
+from .scheduler import Scheduler
 from .store import BatchStore, with_progress
 from .validation import check_create, check_metadata
 
@@ -46,6 +47,7 @@ class ReferenceBatchesImpl:
         config: ReferenceBatchesImplConfig,
         table: Table[BatchRecord],
         log: ResultLog,
+        leases: Leases,
         files: Files,
         models: Models,
         inference: Inference,
@@ -65,59 +67,19 @@ class ReferenceBatchesImpl:
             clock=clock,
             request_slots=asyncio.Semaphore(config.max_concurrent_requests),
         )
-        self._batch_slots = asyncio.Semaphore(config.max_concurrent_batches)
-        self._runners: dict[str, BatchRunner] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.scheduler = Scheduler(self.parts, leases)
 
     async def initialize(self) -> None:
-        """Resume every batch a previous process left unfinished."""
-        for owner, stored in await self.store.table.list_tagged([s.value for s in ACTIVE_STATUSES], limit=100_000):
-            logger.info("resuming batch %s (%s) of %s", stored.value.id, stored.value.status.value, owner)
-            self._start(owner, stored.value.id)
+        """Start working (when ``execute`` is on): claim the batches no live worker holds, including those a
+        previous process left unfinished."""
+        if self.config.execute:
+            await self.scheduler.claim()
+            self.scheduler.start()
 
     async def shutdown(self) -> None:
-        """Stop every runner; finished requests are checkpointed, so the batches resume on the next start."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
-        self._runners.clear()
-
-    def _start(self, owner: str, batch_id: str) -> None:
-        if batch_id in self._runners:
-            return
-        runner = BatchRunner(self.parts, owner, batch_id)
-        self._runners[batch_id] = runner
-        task = asyncio.create_task(self._run(runner), name=f"batch {batch_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _run(self, runner: BatchRunner) -> None:
-        try:
-            await self._wait_for_slot(runner)
-            try:
-                await runner.run()
-            finally:
-                self._batch_slots.release()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("batch %s stopped on an error; it resumes on the next start", runner.batch_id)
-        finally:
-            self._runners.pop(runner.batch_id, None)
-
-    async def _wait_for_slot(self, runner: BatchRunner) -> None:
-        """A slot among max_concurrent_batches; a cancelled batch does not wait for one to finish it."""
-        if runner.cancel_requested.is_set():
-            await self._batch_slots.acquire()
-            return
-        slot = asyncio.ensure_future(self._batch_slots.acquire())
-        cancelled = asyncio.ensure_future(runner.cancel_requested.wait())
-        await asyncio.wait({slot, cancelled}, return_when=asyncio.FIRST_COMPLETED)
-        cancelled.cancel()
-        if not slot.done():
-            slot.cancel()
-            await self._batch_slots.acquire()  # the finish step is short: take a slot as it frees up
+        """Stop the runners and release their leases; finished requests are checkpointed, so the batches resume
+        wherever a worker runs next."""
+        await self.scheduler.stop()
 
     async def create_batch(
         self,
@@ -143,7 +105,7 @@ class ReferenceBatchesImpl:
         owner = current_principal()
         record = self._new_record(owner, params, idempotency_key)
         if await self.store.insert(owner, record):
-            self._start(owner, record.id)
+            self.scheduler.wake()
             return record.batch
         return await self._replay(owner, record, idempotency_key)
 
@@ -189,7 +151,7 @@ class ReferenceBatchesImpl:
 
     def _live(self, batch: Batch) -> Batch:
         """``batch`` with the counts of its runner in this process, fresher than the stored ones."""
-        runner = self._runners.get(batch.id)
+        runner = self.scheduler.runners.get(batch.id)
         dispatcher = runner.dispatcher if runner is not None else None
         if dispatcher is None or batch.status not in (BatchStatus.in_progress, BatchStatus.cancelling):
             return batch
@@ -207,11 +169,11 @@ class ReferenceBatchesImpl:
             raise ConflictError(f"Cannot cancel a batch with status '{current.status.value}'.")
 
         record, _ = await self.store.update(owner, batch_id, change)
-        runner = self._runners.get(batch_id)
+        runner = self.scheduler.runners.get(batch_id)
         if runner is not None:
             runner.cancel_requested.set()
-        elif record.status is BatchStatus.cancelling:
-            self._start(owner, batch_id)  # no runner here (another process, or a past crash): finish it
+        else:  # the worker running it (if any) sees the status within a second; otherwise a worker here claims it
+            self.scheduler.wake()
         return self._live(record.batch)
 
     async def list_batches(self, after: str | None = None, limit: int = 20) -> ListBatchesResponse:

@@ -24,7 +24,17 @@ class ReferenceBatchesImplConfig(BaseModel):
     kvstore: KVStoreReference = Field(
         description="Store for batches and request checkpoints (its namespace names the tables)."
     )
-    max_concurrent_batches: int = Field(default=4, ge=1, description="Batches executed at the same time.")
+    max_concurrent_batches: int = Field(
+        default=4, ge=1, description="Batches this process runs at the same time (other workers take the rest)."
+    )
+    execute: bool = Field(
+        default=True,
+        description="Run batches in this process (a worker). Off for API-only servers (`serve --no-worker`).",
+    )
+    lease_ttl_s: float = Field(
+        default=30.0, gt=0, description="A worker's claim on a batch lasts this long unless renewed (every third)."
+    )
+    poll_interval_s: float = Field(default=1.0, gt=0, description="How often a worker looks for batches to run.")
     max_concurrent_requests_per_batch: int = Field(
         default=10, ge=1, description="Sliding window: requests of one batch in flight at once."
     )
