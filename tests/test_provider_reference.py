@@ -39,6 +39,17 @@ class TestReference(BatchesConformance):
     pass
 
 
+class TestReferenceOnMemory(BatchesConformance):
+    """The same suite with every store in process memory."""
+
+    @pytest.fixture
+    async def env(self, tmp_path: Path, fake_backend: FakeBackend) -> AsyncIterator[BatchesEnv]:
+        config = reference_config(tmp_path, fake_backend)
+        config["storage"]["backends"]["sql_default"] = {"type": "sql_memory"}
+        async with build_stack(config) as stack:
+            yield BatchesEnv(stack.batches, stack.files, fake_backend)
+
+
 def _errors(batch: Any) -> list[tuple[int | None, str | None, str | None]]:
     return [(e.line, e.code, e.param) for e in batch.errors.data or []]
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Coroutine, Sequence
 from contextlib import aclosing
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llama_batches.api import BatchError, BatchStatus, Endpoint
 from llama_batches.storage import RequestResult
@@ -28,6 +28,21 @@ __all__ = ["Dispatcher", "StopReason"]
 
 STATUS_POLL_S = 1.0
 PROGRESS_EVERY_S = 0.5
+
+
+async def _finish(closing: Coroutine[Any, Any, None]) -> None:
+    """Await ``closing`` to the end even when this task is cancelled meanwhile (a stop must not cut the last
+    checkpoint flush short), then let the cancellation through."""
+    task = asyncio.ensure_future(closing)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    task.result()
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 class StopReason(StrEnum):
@@ -76,7 +91,7 @@ class Dispatcher:
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
-            await checkpointer.close()
+            await _finish(checkpointer.close())
         return reason
 
     async def _read(self, done: set[int]) -> StopReason:

@@ -43,6 +43,7 @@ class Scheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
+        self._stopping = False
 
     @property
     def _clock(self) -> Callable[[], float]:
@@ -58,6 +59,7 @@ class Scheduler:
 
     async def stop(self) -> None:
         """Stop claiming, stop the runners and give their leases back, so another worker resumes them at once."""
+        self._stopping = True
         tasks = [t for t in (self._loop, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
@@ -67,13 +69,15 @@ class Scheduler:
 
     async def _claim_forever(self) -> None:
         config = self.parts.config
-        while True:
+        while not self._stopping:
             try:
                 await self.claim()
             except Exception:
                 logger.exception("worker %s could not look for batches; retrying", self.name)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancel that races a wake-up
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), config.poll_interval_s)
+                async with asyncio.timeout(config.poll_interval_s):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def claim(self) -> None:
