@@ -116,11 +116,7 @@ class ModelRegistry:
 
     async def openai_list_models(self) -> ListModelsResponse:
         models = [m.to_openai() for m in await self.list_models()]
-        return ListModelsResponse(
-            data=models,
-            first_id=models[0].id if models else None,
-            last_id=models[-1].id if models else None,
-        )
+        return ListModelsResponse.of(models)
 
     async def route(self, model_id: str) -> tuple[InferenceProvider, Model]:
         """The provider that runs ``model_id``, and the model."""

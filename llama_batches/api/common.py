@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Generic, Literal, TypeVar
+from typing import Generic, Literal, Self, TypeVar
 
 from pydantic import BaseModel
 
@@ -44,3 +44,9 @@ class ListResponse(BaseModel, Generic[T]):
     first_id: str | None = None
     last_id: str | None = None
     has_more: bool = False
+
+    @classmethod
+    def of(cls, data: list[T], *, has_more: bool = False) -> Self:
+        """A page of ``data`` (items with an ``id``), its first and last ids filled in."""
+        ids = [getattr(item, "id", None) for item in (data[:1] + data[-1:])]
+        return cls(data=data, first_id=ids[0] if ids else None, last_id=ids[-1] if ids else None, has_more=has_more)

@@ -144,12 +144,7 @@ class LocalfsFilesImpl:
             raise InvalidRequestError("limit must be between 1 and 10000.", code="invalid_value", param="limit")
         tag = FilePurpose.parse(purpose).value if purpose is not None else None
         page = await self._table.list(current_principal(), after=after, limit=limit, order=Order(order), tag=tag)
-        return ListFilesResponse(
-            data=page.items,
-            first_id=page.items[0].id if page.items else None,
-            last_id=page.items[-1].id if page.items else None,
-            has_more=page.has_more,
-        )
+        return ListFilesResponse.of(page.items, has_more=page.has_more)
 
     async def openai_retrieve_file(self, file_id: str) -> FileObject:
         stored = await self._table.get(current_principal(), file_id)

@@ -255,9 +255,4 @@ class PassthroughBatches:
         page = await self.owned.list(current_principal(), after=after, limit=limit, order=Order.desc)
         batches = await asyncio.gather(*(self._fetch(owned.id) for owned in page.items))
         data = [_unmarked(batch) for batch in batches]
-        return ListBatchesResponse(
-            data=data,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-            has_more=page.has_more,
-        )
+        return ListBatchesResponse.of(data, has_more=page.has_more)

@@ -77,12 +77,7 @@ class PassthroughFiles:
             if len(data) >= limit or not page.has_more:
                 break
             cursor = page.items[-1].id
-        return ListFilesResponse(
-            data=data[:limit],
-            first_id=data[0].id if data else None,
-            last_id=data[:limit][-1].id if data else None,
-            has_more=page.has_more or len(data) > limit,
-        )
+        return ListFilesResponse.of(data[:limit], has_more=page.has_more or len(data) > limit)
 
     async def _metadata(self, file_id: str) -> FileObject | None:
         sdk = self.remote.sdk

@@ -181,9 +181,4 @@ class ReferenceBatchesImpl:
             raise InvalidRequestError("limit must be between 1 and 100.", code="invalid_value", param="limit")
         page = await self.store.table.list(current_principal(), after=after, limit=limit, order=Order.desc)
         data = [self._live(record.batch) for record in page.items]
-        return ListBatchesResponse(
-            data=data,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-            has_more=page.has_more,
-        )
+        return ListBatchesResponse.of(data, has_more=page.has_more)
