@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .api.models import ModelType
 from .errors import ConfigError
+from .server.auth_config import AuthConfig
 from .storage.config import StorageConfig
 
 __all__ = [
@@ -81,12 +82,13 @@ class RegisteredResources(BaseModel):
 
 
 class ServerConfig(BaseModel):
-    """``server``: where ``llama-batches serve`` listens."""
+    """``server``: where ``llama-batches serve`` listens, and who may call it (``auth``, llama-stack's format)."""
 
     model_config = ConfigDict(extra="allow")
 
     host: str | None = None
     port: int = 8321
+    auth: AuthConfig | None = None
 
 
 class RunConfig(BaseModel):
@@ -124,7 +126,7 @@ def validation_error(prefix: str, error: ValidationError) -> ConfigError:
     return ConfigError(format_location(prefix, loc), first["msg"] + suffix)
 
 
-_UNION_TAGS = frozenset({"sqlite", "postgres", "memory", "other"})
+_UNION_TAGS = frozenset({"sqlite", "postgres", "memory", "other", "oauth2_token", "custom"})
 
 
 class _Substituter:

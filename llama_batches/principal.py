@@ -25,8 +25,8 @@ def current_principal() -> str:
 @contextmanager
 def acting_as(principal: str) -> Iterator[str]:
     """Act for ``principal`` inside the block (and in tasks created inside it)."""
-    if not principal:
-        raise ValueError("a principal must be a non-empty string")
+    if not principal or any(ord(c) < 0x20 or ord(c) == 0x7F for c in principal):
+        raise ValueError("a principal must be a non-empty string without control characters")
     token = _principal.set(principal)
     try:
         yield principal

@@ -122,13 +122,28 @@ async def test_64_concurrent_creates_on_the_front_make_one_remote_batch(
 
 async def test_a_remote_that_is_down_is_a_503_and_nothing_is_recorded(tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}/v1"
-    async with build_stack(front_config(tmp_path, dead, lost_create_grace_s=0.0, timeout_s=2.0)) as stack:
+    config = front_config(tmp_path, dead, lost_create_grace_s=0.0, timeout_s=2.0)
+    async with build_stack(config) as stack:
+        with pytest.raises(ServiceUnavailableError):
+            await stack.files.openai_upload_file(_one(b'{"a": 1}\n'), FilePurpose.batch, "in.jsonl")
+    batches_only = {**config, "apis": ["batches"], "providers": {"batches": config["providers"]["batches"]}}
+    async with build_stack(batches_only) as stack:  # no files provider: input files are the remote's business
         with pytest.raises(ServiceUnavailableError) as info:
             await stack.batches.create_batch("file-x", CHAT, "24h", idempotency_key="k")
         assert info.value.status == 503 and "cannot be reached" in info.value.message
         assert (await stack.batches.list_batches()).data == []
-        with pytest.raises(ServiceUnavailableError):
-            await stack.files.openai_upload_file(_one(b'{"a": 1}\n'), FilePurpose.batch, "in.jsonl")
+
+
+async def test_another_principals_input_file_cannot_be_used(env: BatchesEnv) -> None:
+    from llama_batches.errors import NotFoundError
+    from llama_batches.principal import acting_as
+
+    with acting_as("alice"):
+        alices = await env.upload([chat_line(0)])
+    with acting_as("bob"), pytest.raises(NotFoundError) as info:
+        await env.create(alices)
+    assert info.value.param == "input_file_id"
+    assert env.backend.seen == {}
 
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:

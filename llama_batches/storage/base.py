@@ -197,6 +197,6 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 def check_identifier(name: str) -> str:
     """``name`` if it is safe as a SQL identifier; tables are named from config, never from requests."""
-    if not _IDENTIFIER.match(name):
+    if not _IDENTIFIER.fullmatch(name):
         raise ValueError(f"'{name}' is not a valid table name (letters, digits and _, at most 63 characters)")
     return name

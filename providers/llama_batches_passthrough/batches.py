@@ -112,6 +112,8 @@ class PassthroughBatches:
             "metadata": metadata,
             "output_expires_after": output_expires_after.model_dump() if output_expires_after else None,
         }
+        if self.owned_files is not None and await self.owned_files.get(current_principal(), input_file_id) is None:
+            raise NotFoundError.for_resource("file", input_file_id, param="input_file_id")  # not the caller's file
         if idempotency_key is None:
             return await self._mine(await self._remote_create(params, None, None))
         if not 1 <= len(idempotency_key) <= 255:

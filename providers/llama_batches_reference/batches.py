@@ -19,14 +19,14 @@ from llama_batches.api import (
     Order,
     OutputExpiresAfter,
 )
-from llama_batches.errors import ConflictError, InvalidRequestError
+from llama_batches.errors import ConflictError, InvalidRequestError, RateLimitedError
 from llama_batches.idempotency import mark_replayed, one_key
 from llama_batches.principal import current_principal
 from llama_batches.storage import Leases, ResultLog, Table
 
 from .config import ReferenceBatchesImplConfig
 from .executor import RequestExecutor
-from .records import BatchRecord, CreateParams, batch_id_for, window_seconds
+from .records import ACTIVE_STATUSES, BatchRecord, CreateParams, batch_id_for, window_seconds
 from .runner import EngineParts
 from .scheduler import Scheduler
 from .store import BatchStore, with_progress
@@ -104,10 +104,29 @@ class ReferenceBatchesImpl:
         )
         owner = current_principal()
         record = self._new_record(owner, params, idempotency_key)
+        if idempotency_key is not None and await self.store.table.get(owner, record.id) is not None:
+            return await self._replay(owner, record, idempotency_key)  # a replay is never refused
+        await self._check_in_flight(owner)
         if await self.store.insert(owner, record):
             self.scheduler.wake()
             return record.batch
         return await self._replay(owner, record, idempotency_key)
+
+    async def _check_in_flight(self, owner: str) -> None:
+        """429 when ``owner`` has max_batches_in_flight_per_principal batches running (counted in the store, so
+        every server agrees; a soft limit: racing creates may overshoot by their number)."""
+        limit = self.config.max_batches_in_flight_per_principal
+        if limit is None:
+            return
+        running = 0
+        for status in ACTIVE_STATUSES:
+            running += len((await self.store.table.list(owner, limit=limit, tag=status.value)).items)
+        if running >= limit:
+            raise RateLimitedError(
+                f"You already have {running} batches in flight (the limit is {limit}); try again when one ends.",
+                code="too_many_batches_in_flight",
+                retry_after=self.config.in_flight_retry_after_s,
+            )
 
     def _new_record(self, owner: str, params: CreateParams, key: str | None) -> BatchRecord:
         now = int(self.parts.clock())

@@ -54,6 +54,13 @@ class ReferenceBatchesImplConfig(BaseModel):
     completion_windows: list[str] = Field(
         default_factory=lambda: ["24h"], description="completion_window values accepted at creation (e.g. 24h, 7d)."
     )
+    max_batches_in_flight_per_principal: int | None = Field(
+        default=None,
+        ge=1,
+        description="Batches one principal may have validating, in progress, finalizing or cancelling; past it a "
+        "create is a 429 with Retry-After (a replay of an existing key never is). No limit when unset.",
+    )
+    in_flight_retry_after_s: int = Field(default=30, ge=1, description="Retry-After of that 429, in seconds.")
     max_requests_per_batch: int = Field(default=50_000, ge=1, description="Most lines an input file may have.")
     max_input_bytes: int = Field(default=200 * 1024 * 1024, ge=1, description="Largest input file, in bytes.")
     max_line_bytes: int = Field(default=10 * 1024 * 1024, ge=1, description="Longest input line, in bytes.")
