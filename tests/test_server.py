@@ -9,6 +9,7 @@ batches or requests.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -430,3 +431,19 @@ async def test_list_auto_paginates_over_more_than_100_batches_newest_first(live:
     assert listed[:105] == created[::-1]  # the newest batches, newest first
     assert set(created) <= set(listed) and len(listed) >= 105
     assert log.count("GET", "/v1/batches") == -(-len(listed) // 100)  # pages of 100, no empty last page
+
+
+async def test_a_json_body_over_1_mib_is_a_413_by_length_or_while_streaming(live: Live) -> None:
+    big = b'{"input_file_id": "' + b"x" * (2 * 1024 * 1024) + b'", "endpoint": "/v1/chat/completions"}'
+
+    async def chunked() -> AsyncIterator[bytes]:
+        for start in range(0, len(big), 64 * 1024):
+            yield big[start : start + 64 * 1024]
+
+    async with aiohttp.ClientSession() as session:
+        for body in (io.BytesIO(big), chunked()):
+            async with session.post(
+                f"{live.base_url}/batches", data=body, headers={"content-type": "application/json"}
+            ) as answer:
+                assert answer.status == 413
+                assert (await answer.json())["error"]["code"] == "body_too_large"

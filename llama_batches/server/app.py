@@ -14,6 +14,7 @@ from ..api import Api
 from ..stack import Stack
 from .auth import Authenticator, AuthMiddleware
 from .errors import install_error_handlers
+from .limits import BodyLimit
 from .routes_batches import router as batches_router
 from .routes_files import files_router, models_router
 
@@ -57,6 +58,7 @@ def create_app(stack: Stack) -> FastAPI:
     )
     app.state.stack = stack
     install_error_handlers(app)
+    app.add_middleware(BodyLimit)
     if authenticator is not None:
         app.add_middleware(AuthMiddleware, authenticator=authenticator, public_paths=_public_paths(app))
     planned = {p.api for p in stack.plan}
