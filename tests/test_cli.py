@@ -79,8 +79,9 @@ async def test_an_interrupted_run_resumes_when_run_again(tmp_path: Path, fake_ba
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    while fake_backend.succeeded < 30:
-        await asyncio.sleep(0.01)
+    async with asyncio.timeout(30):
+        while fake_backend.succeeded < 30:
+            await asyncio.sleep(0.01)
     process.send_signal(signal.SIGINT)
     _, err = await process.communicate()
     assert process.returncode == 130 and "run the same command again to resume" in err.decode()

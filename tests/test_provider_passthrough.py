@@ -104,8 +104,9 @@ async def test_64_concurrent_creates_on_the_front_make_one_remote_batch(
         )
         assert len({b.id for b in created}) == 1
         assert {tuple((b.metadata or {}).items()) for b in created} == {(("run", "race"),)}  # no marker shown
-        while (batch := await client.batches.retrieve(created[0].id)).status != "completed":
-            await asyncio.sleep(0.05)
+        async with asyncio.timeout(30):
+            while (batch := await client.batches.retrieve(created[0].id)).status != "completed":
+                await asyncio.sleep(0.05)
         output = (await client.files.content(batch.output_file_id or "")).text
         with pytest.raises(openai.ConflictError) as conflict:
             await client.batches.create(

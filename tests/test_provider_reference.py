@@ -184,8 +184,9 @@ async def test_cancel_mid_run_keeps_partial_results(tmp_path: Path, fake_backend
     async with build_stack(reference_config(tmp_path, fake_backend, max_concurrent_requests_per_batch=2)) as stack:
         env = BatchesEnv(stack.batches, stack.files, fake_backend)
         created = await env.create(await env.upload([chat_line(i) for i in range(200)]))
-        while fake_backend.succeeded < 6:
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(30):
+            while fake_backend.succeeded < 6:
+                await asyncio.sleep(0.01)
         cancelling = await stack.batches.cancel_batch(created.id)
         assert cancelling.status in (BatchStatus.cancelling, BatchStatus.cancelled) and cancelling.cancelling_at
         again = await stack.batches.cancel_batch(created.id)  # cancelling twice is fine
@@ -224,8 +225,9 @@ async def test_expiry_writes_partial_output_and_batch_expired_lines(tmp_path: Pa
         await engine.initialize()
         env = BatchesEnv(engine, stack.files, fake_backend)
         created = await env.create(await env.upload([chat_line(i) for i in range(100)]))
-        while fake_backend.succeeded < 4:
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(30):
+            while fake_backend.succeeded < 4:
+                await asyncio.sleep(0.01)
         clock.now += 86400
         batch = await env.wait(created.id)
         output, errors = await env.lines(batch.output_file_id), await env.lines(batch.error_file_id)
@@ -247,13 +249,14 @@ async def test_several_batches_progress_at_once(tmp_path: Path, fake_backend: Fa
             for b in range(3)
         ]
         seen_running: set[str] = set()
-        while len(seen_running) < 3:
-            for batch_id in ids:
-                batch = await stack.batches.retrieve_batch(batch_id)
-                assert batch.request_counts is not None
-                if batch.status == BatchStatus.in_progress and 0 < batch.request_counts.completed < 60:
-                    seen_running.add(batch_id)
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(30):
+            while len(seen_running) < 3:
+                for batch_id in ids:
+                    batch = await stack.batches.retrieve_batch(batch_id)
+                    assert batch.request_counts is not None
+                    if batch.status == BatchStatus.in_progress and 0 < batch.request_counts.completed < 60:
+                        seen_running.add(batch_id)
+                await asyncio.sleep(0.01)
         done = [await env.wait(batch_id) for batch_id in ids]
     assert {b.status for b in done} == {BatchStatus.completed}
 

