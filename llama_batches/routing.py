@@ -71,8 +71,9 @@ class ModelRegistry:
         )
 
     async def refresh(self) -> None:
-        """Ask every provider which models it runs; a provider that cannot answer is logged and skipped."""
-        self._last_refresh = self._clock()
+        """Ask every provider which models it runs; a provider that cannot answer is logged and skipped. A refresh
+        cut short (cancelled) counts for nothing: the next lookup asks again."""
+        started = self._clock()
         found: dict[str, list[Model]] = {}
         for provider_id, provider in self._providers.items():
             try:
@@ -90,6 +91,7 @@ class ModelRegistry:
             if len(models) == 1:
                 discovered.setdefault(name, models[0].model_copy(update={"identifier": name}))
         self._discovered = discovered
+        self._last_refresh = started
 
     async def _refresh_if_stale(self) -> None:
         async with self._refresh_lock:  # concurrent lookups wait for the one refresh under way

@@ -94,3 +94,32 @@ def test_a_registered_model_naming_an_unknown_provider_is_a_config_error(tmp_pat
     with pytest.raises(ConfigError) as info:
         build_stack(config)
     assert info.value.path == "registered_resources.models[0].provider_id"
+
+
+async def test_a_model_refresh_cut_short_is_asked_again_not_taken_for_no_models() -> None:
+    """A lookup cancelled while the registry asks the providers (a batch stopped during validation) must not leave
+    the registry believing no model exists: the next lookup asks again."""
+    from llama_batches.routing import ModelRegistry
+    from llama_batches_openai.config import OpenAICompatConfig
+    from llama_batches_openai.inference import OpenAICompatInference
+
+    held: list[asyncio.StreamWriter] = []
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    provider = OpenAICompatInference(OpenAICompatConfig(base_url=f"http://127.0.0.1:{port}/v1", timeout_s=30))
+    registry = ModelRegistry({"slow": provider})
+    try:
+        for _ in range(2):  # before the fix, the second lookup answered NotFoundError at once
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.3):
+                    await registry.get_model("anything")
+    finally:
+        await provider.shutdown()
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
