@@ -23,6 +23,9 @@ optional ``code`` and ``param`` as fields, so nothing ever parses a message to l
         +-- ProtocolComplianceError    a provider lacks methods of its API; names provider, API and every method
         +-- DependencyError            a missing API dependency or a dependency cycle
         +-- ProviderRegistrationError  two providers claim the same (api, provider_type)
+
+A user's string quoted in a message goes through :func:`quoted` (and any other free text of unknown origin through
+:func:`bounded`): messages stay short, printable and storable anywhere (PostgreSQL text cannot hold NUL).
 """
 
 from __future__ import annotations
@@ -51,8 +54,58 @@ __all__ = [
     "UnknownProviderError",
     "UpstreamError",
     "UpstreamTimeoutError",
+    "bounded",
     "error_for_status",
+    "quoted",
 ]
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _shown(text: str | bytes, limit: int) -> tuple[str, str | None]:
+    """``text`` made printable (every character ``str.isprintable`` refuses escaped: NUL and other controls, line
+    and paragraph separators, format characters, lone surrogates) and cut to at most ``limit`` characters once
+    escaped; with the full size when it was cut. Bytes are decoded as UTF-8, with replacement, from a prefix."""
+    if isinstance(text, bytes):
+        head = text[: limit * 4]  # at least ``limit`` characters once decoded, when the bytes are longer
+        chars, size, complete = head.decode("utf-8", "replace"), f"{len(text)} bytes", len(head) == len(text)
+    else:
+        chars, size, complete = text, f"{len(text)} characters", True
+    if complete and len(chars) <= limit and chars.isprintable():
+        return chars, None
+    pieces: list[str] = []
+    used = 0
+    for char in chars[:limit]:
+        piece = char if char.isprintable() else _escape(char)
+        if used + len(piece) > limit:
+            break
+        pieces.append(piece)
+        used += len(piece)
+    cut = len(pieces) < len(chars) or not complete
+    return "".join(pieces), size if cut else None
+
+
+def bounded(text: str | bytes, limit: int = 1000) -> str:
+    """Free text of unknown origin (an exception's message, a backend's body) made fit for an error message: control
+    characters and lone surrogates escaped, at most ``limit`` characters shown, and, when cut, an ellipsis and the
+    full size (``abc… (5000 characters)``); bytes are decoded as UTF-8 with replacement."""
+    shown, size = _shown(text, limit)
+    return f"{shown}… ({size})" if size else shown
+
+
+def quoted(text: str | bytes, limit: int = 64) -> str:
+    """A user's string quoted in an error message: ``'value'``, or ``'valu…' (5000 characters)`` when longer than
+    ``limit`` once NUL, other control characters and lone surrogates are escaped, so that a message quoting any
+    input stays short and can be stored anywhere (bytes are decoded as UTF-8 with replacement)."""
+    shown, size = _shown(text, limit)
+    return f"'{shown}…' ({size})" if size else f"'{shown}'"
 
 
 class LlamaBatchesError(Exception):
@@ -109,7 +162,7 @@ class NotFoundError(APIError):
     @classmethod
     def for_resource(cls, kind: str, resource_id: str, *, param: str | None = None) -> NotFoundError:
         """The standard message for a missing ``kind`` (``batch``, ``file``, ``model``) with ``resource_id``."""
-        return cls(f"No {kind} found with id '{resource_id}'.", code="not_found", param=param)
+        return cls(f"No {kind} found with id {quoted(resource_id)}.", code="not_found", param=param)
 
 
 class ConflictError(APIError):

@@ -26,7 +26,7 @@ from .api import (
     RawResponse,
 )
 from .config import RegisteredModel
-from .errors import ConfigError, LlamaBatchesError, NotFoundError
+from .errors import ConfigError, LlamaBatchesError, NotFoundError, quoted
 
 __all__ = ["InferenceRouter", "ModelRegistry"]
 
@@ -108,7 +108,8 @@ class ModelRegistry:
             await self._refresh_if_stale()
             model = self.lookup(model_id)
         if model is None:
-            raise NotFoundError(f"The model '{model_id}' does not exist.", code="model_not_found", param="model")
+            message = f"The model {quoted(model_id)} does not exist."
+            raise NotFoundError(message, code="model_not_found", param="model")
         return model
 
     async def list_models(self) -> list[Model]:

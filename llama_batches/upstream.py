@@ -13,10 +13,16 @@ from .errors import (
     ServiceUnavailableError,
     UpstreamError,
     UpstreamTimeoutError,
+    bounded,
     error_for_status,
 )
 
-__all__ = ["error_from_sdk", "retry_after"]
+__all__ = ["error_from_sdk", "retry_after", "upstream_field"]
+
+
+def upstream_field(value: object) -> str | None:
+    """A ``code`` or ``param`` of an upstream's error body, kept only when it is a string (then bounded)."""
+    return bounded(value, 100) if isinstance(value, str) else None
 
 
 def error_from_sdk(exc: openai.OpenAIError, where: str) -> APIError:
@@ -24,17 +30,17 @@ def error_from_sdk(exc: openai.OpenAIError, where: str) -> APIError:
     if isinstance(exc, openai.APITimeoutError):
         return UpstreamTimeoutError(f"{where} did not answer in time.")
     if isinstance(exc, openai.APIConnectionError):
-        return ServiceUnavailableError(f"{where} cannot be reached: {exc}")
+        return ServiceUnavailableError(f"{where} cannot be reached: {bounded(str(exc))}")
     if isinstance(exc, openai.APIStatusError):
         body = exc.body if isinstance(exc.body, dict) else {}
-        message = str(body.get("message") or exc.message)
-        code, param = body.get("code"), body.get("param")
+        message = bounded(str(body.get("message") or exc.message))
+        code, param = upstream_field(body.get("code")), upstream_field(body.get("param"))
         if exc.status_code in (401, 403):  # our credentials, not the caller's
             return UpstreamError(f"{where} refused our credentials: {message}", code=code)
         if exc.status_code == 429:
             return RateLimitedError(message, code=code, param=param, retry_after=retry_after(exc.response.headers))
         return error_for_status(exc.status_code, message, code=code, param=param)
-    return UpstreamError(f"{where} failed: {exc}")
+    return UpstreamError(f"{where} failed: {bounded(str(exc))}")
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:

@@ -19,6 +19,10 @@ Faults: with probability ``fail_rate`` (seeded RNG) a request is answered 500, o
 (alternately, starting with 500). Validation follows OpenAI: a missing ``model`` or ``messages`` is a 400 and an
 unknown model a 404 ``model_not_found``, with OpenAI's error body. Every answer carries ``x-request-id``.
 
+Scripted mode (``backend.script = ...``, see :mod:`tests.fake_backend_script`): a test picks any answer (status,
+headers, bytes, content type, delay, or a dropped connection) per request; ``script`` returning None leaves a request
+to the normal behaviour. Scripted answers count in ``requests`` and ``seen``, not in the other counters.
+
 Counters: ``requests`` (per path, every request), ``succeeded`` (2xx answers to inference endpoints),
 ``injected_failures``, ``rejected`` (validation errors), and ``seen[key]`` / ``answered[key]``: how many requests
 (including failed attempts) / successful answers there were per request identity. The key is
@@ -31,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import hashlib
 import itertools
 import random
 import signal
@@ -45,58 +48,15 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-__all__ = ["DEFAULT_MODELS", "FakeBackend", "main"]
+from .fake_backend_answers import Reject, identity, usage, vector, words
+from .fake_backend_script import Script, Scripted, play
+
+__all__ = ["DEFAULT_MODELS", "FakeBackend", "Scripted", "main"]
 
 DEFAULT_MODELS = ("fake-model", "fake-embed")
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 _INFERENCE_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 _IDENTITY_FIELD = {"/v1/chat/completions": "messages", "/v1/completions": "prompt", "/v1/embeddings": "input"}
-
-
-class _Reject(Exception):
-    """An OpenAI-shaped error answer."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type_: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-        self.headers = headers or {}
-
-
-def _identity(value: Any) -> str:
-    return value if isinstance(value, str) else orjson.dumps(value).decode()
-
-
-def _words(value: Any) -> int:
-    """A crude token count: the words of a string, or of every string inside a list or a message."""
-    if isinstance(value, str):
-        return len(value.split())
-    if isinstance(value, list):
-        return sum(_words(item) for item in value)
-    if isinstance(value, dict):
-        return _words(value.get("content")) + _words(value.get("text"))
-    return 0
-
-
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    total = prompt_tokens + completion_tokens
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": total}
-
-
-def _vector(text: str, dimensions: int) -> list[float]:
-    """A deterministic unit-free vector in [-1, 1] for ``text``."""
-    digest = hashlib.blake2b(text.encode(), digest_size=64).digest()
-    raw = (digest * (dimensions // len(digest) + 1))[:dimensions]
-    return [round(byte / 127.5 - 1.0, 6) for byte in raw]
 
 
 class FakeBackend:
@@ -126,6 +86,7 @@ class FakeBackend:
         self._ids = itertools.count(1)
         self._answer_ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
+        self.script: Script | None = None
         self.requests: dict[str, int] = {}
         self.seen: dict[str, int] = {}
         self.answered: dict[str, int] = {}
@@ -215,7 +176,7 @@ class FakeBackend:
             self.requests[request.path] = self.requests.get(request.path, 0) + 1
             try:
                 return self._answer(200, await handler(request))
-            except _Reject as reject:
+            except Reject as reject:
                 self.rejected += 1
                 return self._answer(reject.status, reject.body, reject.headers)
 
@@ -233,18 +194,22 @@ class FakeBackend:
         self.reset()
         return {"reset": True}
 
-    async def _inference(self, request: web.Request) -> web.Response:
+    async def _inference(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         self.requests[path] = self.requests.get(path, 0) + 1
+        raw = await request.read()
+        scripted = self._scripted(self.script, path, raw) if self.script is not None else None
+        if scripted is not None:
+            return await play(request, scripted, f"req_{next(self._ids)}")
         try:
             self._check_auth(request)
-            body = await self._body(request)
+            body = self._body(raw)
             key = self._count_identity(path, body)
             if self.latency_s > 0:
                 await asyncio.sleep(self.latency_s)
             self._maybe_fail()
             answer = self._respond(path, body)
-        except _Reject as reject:
+        except Reject as reject:
             if reject.status not in (429, 500):
                 self.rejected += 1
             return self._answer(reject.status, reject.body, reject.headers)
@@ -255,26 +220,40 @@ class FakeBackend:
 
     def _check_auth(self, request: web.Request) -> None:
         if self.api_key is not None and request.headers.get("authorization") != f"Bearer {self.api_key}":
-            raise _Reject(401, "Incorrect API key provided.", code="invalid_api_key")
+            raise Reject(401, "Incorrect API key provided.", code="invalid_api_key")
 
-    async def _body(self, request: web.Request) -> dict[str, Any]:
+    def _scripted(self, script: Script, path: str, raw: bytes) -> Scripted | None:
+        """The script's answer, counted in ``seen`` (the attempt it is told is the count including this one)."""
         try:
-            body = orjson.loads(await request.read())
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            parsed = None
+        key = self._identity_key(path, parsed) if isinstance(parsed, dict) else None
+        scripted = script(path, parsed, self.seen.get(key, 0) + 1 if key is not None else 1)
+        if scripted is not None and key is not None:
+            self.seen[key] = self.seen.get(key, 0) + 1
+        return scripted
+
+    def _body(self, raw: bytes) -> dict[str, Any]:
+        try:
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            raise _Reject(400, f"We could not parse the JSON body of your request: {exc}") from exc
+            raise Reject(400, f"We could not parse the JSON body of your request: {exc}") from exc
         if not isinstance(body, dict):
-            raise _Reject(400, "The request body must be a JSON object.")
+            raise Reject(400, "The request body must be a JSON object.")
         return body
 
-    def _count_identity(self, path: str, body: dict[str, Any]) -> str | None:
+    def _identity_key(self, path: str, body: dict[str, Any]) -> str | None:
         value = body.get(_IDENTITY_FIELD[path])
         if path == "/v1/chat/completions":
             last = value[-1] if isinstance(value, list) and value else None
             value = last.get("content") if isinstance(last, dict) else None
-        if value is None:
-            return None
-        key = _identity(value)
-        self.seen[key] = self.seen.get(key, 0) + 1
+        return None if value is None else identity(value)
+
+    def _count_identity(self, path: str, body: dict[str, Any]) -> str | None:
+        key = self._identity_key(path, body)
+        if key is not None:
+            self.seen[key] = self.seen.get(key, 0) + 1
         return key
 
     def _maybe_fail(self) -> None:
@@ -282,18 +261,18 @@ class FakeBackend:
             return
         self.injected_failures += 1
         if self.injected_failures % 2:
-            raise _Reject(500, "The server had an error while processing your request.", type_="server_error")
-        raise _Reject(
+            raise Reject(500, "The server had an error while processing your request.", type_="server_error")
+        raise Reject(
             429, "Rate limit reached.", type_="requests", code="rate_limit_exceeded", headers={"Retry-After": "0"}
         )
 
     def _respond(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            raise _Reject(400, "you must provide a model parameter", param="model")
+            raise Reject(400, "you must provide a model parameter", param="model")
         if model not in self.models:
             message = f"The model `{model}` does not exist or you do not have access to it."
-            raise _Reject(404, message, param="model", code="model_not_found")
+            raise Reject(404, message, param="model", code="model_not_found")
         if path == "/v1/chat/completions":
             return self._chat(model, body)
         if path == "/v1/completions":
@@ -303,10 +282,10 @@ class FakeBackend:
     def _chat(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
-            raise _Reject(400, "Missing required parameter: 'messages'.", param="messages")
+            raise Reject(400, "Missing required parameter: 'messages'.", param="messages")
         last = messages[-1]
         content = last.get("content") if isinstance(last, dict) else None
-        text = f"echo: {content if isinstance(content, str) else _identity(content)}"
+        text = f"echo: {content if isinstance(content, str) else identity(content)}"
         message = {"role": "assistant", "content": text, "refusal": None}
         return {
             "id": f"chatcmpl-fake{next(self._answer_ids)}",
@@ -314,7 +293,7 @@ class FakeBackend:
             "created": int(time.time()),
             "model": model,
             "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
-            "usage": _usage(_words(messages), _words(text)),
+            "usage": usage(words(messages), words(text)),
         }
 
     def _completion(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -322,8 +301,8 @@ class FakeBackend:
         if isinstance(prompt, str):
             prompt = [prompt]
         if not isinstance(prompt, list) or not prompt:
-            raise _Reject(400, "Missing required parameter: 'prompt'.", param="prompt")
-        texts = [f"echo: {_identity(p)}" for p in prompt]
+            raise Reject(400, "Missing required parameter: 'prompt'.", param="prompt")
+        texts = [f"echo: {identity(p)}" for p in prompt]
         choices = [{"index": i, "text": t, "finish_reason": "stop", "logprobs": None} for i, t in enumerate(texts)]
         return {
             "id": f"cmpl-fake{next(self._answer_ids)}",
@@ -331,23 +310,23 @@ class FakeBackend:
             "created": int(time.time()),
             "model": model,
             "choices": choices,
-            "usage": _usage(_words(prompt), _words(texts)),
+            "usage": usage(words(prompt), words(texts)),
         }
 
     def _embeddings(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
         raw = body.get("input")
         inputs = [raw] if isinstance(raw, str) else raw
         if not isinstance(inputs, list) or not inputs:
-            raise _Reject(400, "Missing required parameter: 'input'.", param="input")
+            raise Reject(400, "Missing required parameter: 'input'.", param="input")
         as_base64 = body.get("encoding_format") == "base64"
         data = []
         for index, item in enumerate(inputs):
-            vector = _vector(_identity(item), self.embedding_dim)
-            encoded: Any = vector
+            values = vector(identity(item), self.embedding_dim)
+            encoded: Any = values
             if as_base64:  # the openai SDK asks for base64 float32 and decodes it itself
-                encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+                encoded = base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
             data.append({"object": "embedding", "index": index, "embedding": encoded})
-        tokens = _words(inputs)
+        tokens = words(inputs)
         return {
             "object": "list",
             "data": data,

@@ -95,8 +95,10 @@ def test_a_success_line_splices_the_backend_body_unchanged() -> None:
 def test_a_2xx_that_is_not_a_json_object_is_a_failure() -> None:
     result = response_result("batch_1", 1, "c", RawResponse(200, b"<html>oops</html>"))
     line = json.loads(result.output)
-    assert not result.ok and line["response"]["status_code"] == 502
-    assert "not a JSON object" in line["response"]["body"]["error"]["message"]
+    assert not result.ok and line["response"]["status_code"] == 200  # the status is kept; the code says why
+    error = line["response"]["body"]["error"]
+    assert error["code"] == "invalid_response" and error["type"] == "upstream_error"
+    assert "not a JSON object: '<html>oops</html>'" in error["message"] and line["error"] is None
 
 
 def test_an_http_failure_keeps_the_response() -> None:

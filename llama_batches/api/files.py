@@ -12,7 +12,7 @@ from typing import Literal, Protocol, runtime_checkable
 from openai.types import FileDeleted, FileObject
 from pydantic import BaseModel, Field
 
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, quoted
 from .common import ListResponse, Order
 
 __all__ = [
@@ -43,7 +43,9 @@ class FilePurpose(StrEnum):
         except ValueError:
             allowed = ", ".join(p.value for p in cls)
             raise InvalidRequestError(
-                f"Invalid value: '{value}'. Supported values are: {allowed}.", code="invalid_value", param="purpose"
+                f"Invalid value: {quoted(value)}. Supported values are: {allowed}.",
+                code="invalid_value",
+                param="purpose",
             ) from None
 
 

@@ -12,7 +12,16 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..config import format_location
-from ..errors import APIError, ConflictError, InternalError, InvalidRequestError, NotFoundError, RateLimitedError
+from ..errors import (
+    APIError,
+    ConflictError,
+    InternalError,
+    InvalidRequestError,
+    NotFoundError,
+    RateLimitedError,
+    bounded,
+    quoted,
+)
 
 __all__ = ["error_response", "install_error_handlers"]
 
@@ -34,7 +43,8 @@ def _validation(exc: RequestValidationError) -> InvalidRequestError:
     first: dict[str, Any] = exc.errors()[0]
     loc = tuple(part for part in first.get("loc", ()) if part not in ("body", "query", "path", "header"))
     param = format_location("", loc) or None
-    message = f"Invalid value for '{param}': {first.get('msg')}" if param else str(first.get("msg"))
+    detail = bounded(str(first.get("msg")), 500)
+    message = f"Invalid value for {quoted(param)}: {detail}" if param else detail
     return InvalidRequestError(message, code="invalid_value", param=param)
 
 
@@ -53,9 +63,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
             return error_response(
-                NotFoundError(f"Unknown route: {request.method} {request.url.path}", code="unknown_url")
+                NotFoundError(
+                    f"Unknown route: {bounded(request.method, 16)} {bounded(request.url.path, 200)}",
+                    code="unknown_url",
+                )
             )
-        error = InvalidRequestError(str(exc.detail), code="invalid_request")
+        error = InvalidRequestError(bounded(str(exc.detail), 500), code="invalid_request")
         response = error_response(error)
         response.status_code = exc.status_code
         return response

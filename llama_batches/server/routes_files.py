@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from ..api import ExpiresAfter, FileDeleted, FileObject, FilePurpose, ListFilesResponse, ListModelsResponse, Order
 from ..api.models import OpenAIModel
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, quoted
 from ..stack import Stack
 from .jsonl import checked_jsonl
 from .uploads import StreamingForm, spool
@@ -57,7 +57,7 @@ def _purpose(fields: dict[str, str]) -> FilePurpose:
     except ValueError:
         allowed = ", ".join(p.value for p in FilePurpose)
         raise InvalidRequestError(
-            f"Invalid value: '{value}'. Supported values are: {allowed}.", param="purpose"
+            f"Invalid value: {quoted(value)}. Supported values are: {allowed}.", param="purpose"
         ) from None
 
 

@@ -15,7 +15,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, bounded, quoted
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -89,7 +89,8 @@ class StreamingForm:
         value: bytearray = self._part["value"]
         value.extend(data[start:end])
         if len(value) > MAX_FIELD_BYTES:
-            raise InvalidRequestError(f"The form field '{self._part['name']}' is too large.", param=self._part["name"])
+            name = self._part["name"]
+            raise InvalidRequestError(f"The form field {quoted(name)} is too large.", param=bounded(name, 64))
 
     def _on_part_end(self) -> None:
         if self._is_file():

@@ -23,7 +23,7 @@ from llama_batches.api import (
     ListFilesResponse,
     Order,
 )
-from llama_batches.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
+from llama_batches.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError, quoted
 from llama_batches.principal import current_principal
 from llama_batches.storage import Table
 
@@ -153,14 +153,14 @@ class LocalfsFilesImpl:
         record = stored.value
         if record.expires_at is not None and record.expires_at <= self._clock():
             await self._remove(file_id)
-            raise NotFoundError(f"The file '{file_id}' has expired.", code="not_found", param="file_id")
+            raise NotFoundError(f"The file {quoted(file_id)} has expired.", code="not_found", param="file_id")
         return record
 
     async def openai_retrieve_file_content(self, file_id: str) -> AsyncIterator[bytes]:
         await self.openai_retrieve_file(file_id)
         path = self._path(file_id)
         if not await asyncio.to_thread(path.is_file):
-            raise NotFoundError(f"The content of file '{file_id}' is missing.", param="file_id")
+            raise NotFoundError(f"The content of file {quoted(file_id)} is missing.", param="file_id")
         return _read_chunks(path)
 
     async def openai_delete_file(self, file_id: str) -> FileDeleted:

@@ -29,6 +29,12 @@ class OpenAICompatConfig(BaseModel):
     timeout_s: float = Field(default=600.0, gt=0, description="Seconds to wait for an answer.")
     connect_timeout_s: float = Field(default=5.0, gt=0, description="Seconds to wait for a connection.")
     max_connections: int = Field(default=1024, ge=1, description="Connections kept open to the server at most.")
+    max_response_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        description="Largest answer body the batch executor reads, in bytes; past it the request fails with the "
+        "error code response_too_large (not retried) and the connection is dropped.",
+    )
     max_retries: int = Field(
         default=2, ge=0, description="Retries of the typed SDK calls (the batch executor retries on its own)."
     )

@@ -17,7 +17,7 @@ import openai
 from openai import AsyncOpenAI
 
 from llama_batches.api import ChatCompletion, Completion, CreateEmbeddingResponse, Endpoint, RawResponse
-from llama_batches.errors import ServiceUnavailableError, UpstreamTimeoutError
+from llama_batches.errors import ServiceUnavailableError, UpstreamError, UpstreamTimeoutError, bounded
 from llama_batches.upstream import error_from_sdk
 
 from .config import OpenAICompatConfig
@@ -95,17 +95,40 @@ class OpenAICompatInference:
         return result
 
     async def raw_request(self, endpoint: Endpoint, model: str, body: bytes) -> RawResponse:
+        """Post ``body`` and return the answer unparsed; an answer body over ``max_response_bytes`` is an
+        UpstreamError ``response_too_large`` (its connection is closed, not reused)."""
         url = self._base + endpoint.value.removeprefix("/v1")
         session = await self._http()
         try:
             async with session.post(url, data=body) as response:
-                content = await response.read()
+                content = await self._read(response)
                 headers = {name: response.headers[name] for name in _KEPT_HEADERS if name in response.headers}
                 return RawResponse(response.status, content, headers)
         except TimeoutError as exc:
             raise UpstreamTimeoutError(f"The inference server at {self._base} did not answer in time.") from exc
-        except aiohttp.ClientError as exc:
-            raise ServiceUnavailableError(f"The inference server at {self._base} cannot be reached: {exc}") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            message = f"The inference server at {self._base} cannot be reached: {bounded(str(exc), 300)}"
+            raise ServiceUnavailableError(message) from exc
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        """The body, read at once when its declared length is within the cap, else chunk by chunk up to it."""
+        cap = self._config.max_response_bytes
+        declared = response.content_length
+        if declared is not None and declared <= cap:
+            return await response.read()  # the parser stops at Content-Length: no more can come
+        if declared is not None:
+            raise self._too_large(cap)
+        chunks, size = [], 0
+        async for chunk in response.content.iter_any():
+            size += len(chunk)
+            if size > cap:
+                raise self._too_large(cap)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, cap: int) -> UpstreamError:
+        message = f"The inference server at {self._base} answered with a body over the limit of {cap} bytes."
+        return UpstreamError(message, code="response_too_large")
 
     async def list_provider_models(self) -> list[str]:
         if self._config.allowed_models is not None:

@@ -21,7 +21,7 @@ from openai.pagination import AsyncCursorPage
 from pydantic import BaseModel
 
 from llama_batches.api import Batch, ListBatchesResponse, Order, OutputExpiresAfter
-from llama_batches.errors import APIError, ConflictError, InvalidRequestError, NotFoundError
+from llama_batches.errors import APIError, ConflictError, InvalidRequestError, NotFoundError, quoted
 from llama_batches.idempotency import fingerprint, mark_replayed, scoped_key
 from llama_batches.principal import current_principal
 from llama_batches.storage import Stored, Table
@@ -155,7 +155,8 @@ class PassthroughBatches:
             current = stored.value
             if current.fingerprint != entry.fingerprint:
                 raise ConflictError(
-                    f"Idempotency key '{entry.idempotency_key}' was already used with different parameters. "
+                    f"Idempotency key {quoted(entry.idempotency_key or '')} was already used with different "
+                    "parameters. "
                     "Use another key to create a different batch.",
                     code="idempotency_key_reused",
                     param="idempotency_key",

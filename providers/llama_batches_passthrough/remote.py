@@ -16,9 +16,10 @@ from llama_batches.errors import (
     ServiceUnavailableError,
     UpstreamError,
     UpstreamTimeoutError,
+    bounded,
     error_for_status,
 )
-from llama_batches.upstream import error_from_sdk
+from llama_batches.upstream import error_from_sdk, upstream_field
 
 from .config import RemoteConfig
 
@@ -73,16 +74,17 @@ class Remote:
             body = {}
         error = body.get("error", body) if isinstance(body, dict) else {}
         error = error if isinstance(error, dict) else {}
-        message = str(error.get("message") or f"{self.where} answered {response.status}.")
+        message = bounded(str(error.get("message") or f"{self.where} answered {response.status}."))
+        code, param = upstream_field(error.get("code")), upstream_field(error.get("param"))
         if response.status >= 500:
-            raise UpstreamError(f"{self.where} failed: {message}", code=error.get("code"))
-        raise error_for_status(response.status, message, code=error.get("code"), param=error.get("param"))
+            raise UpstreamError(f"{self.where} failed: {message}", code=code)
+        raise error_for_status(response.status, message, code=code, param=param)
 
     def transport_error(self, exc: BaseException) -> APIError:
         """A connection failure or timeout of a streaming call."""
         if isinstance(exc, asyncio.TimeoutError):
             return UpstreamTimeoutError(f"{self.where} did not answer in time.")
-        return ServiceUnavailableError(f"{self.where} cannot be reached: {exc}")
+        return ServiceUnavailableError(f"{self.where} cannot be reached: {bounded(str(exc))}")
 
     async def close(self) -> None:
         """Close the connection pools."""

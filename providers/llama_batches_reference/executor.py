@@ -1,5 +1,8 @@
 """Send one request to inference: retries with exponential backoff and jitter on 408/429/5xx and connection
-errors (honouring ``Retry-After``), an optional requests-per-minute limit, and the result as an output line."""
+errors (honouring ``Retry-After``), an optional requests-per-minute limit, and the result as an output line.
+
+One request's failure is one error line: whatever inference raises or answers, and whatever goes wrong in our own
+code on the way, ``execute`` returns that request's line and only ever raises ``asyncio.CancelledError``."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from llama_batches.api import Endpoint, Inference, RawResponse
-from llama_batches.errors import APIError, RateLimitedError, ServiceUnavailableError, UpstreamTimeoutError
+from llama_batches.errors import APIError, RateLimitedError, ServiceUnavailableError, UpstreamTimeoutError, bounded
 from llama_batches.storage import RequestResult
 
 from .config import ReferenceBatchesImplConfig
@@ -85,21 +88,21 @@ class RequestExecutor:
         return response
 
     async def execute(self, batch_id: str, endpoint: Endpoint, line: ParsedLine) -> RequestResult:
-        """Run ``line`` until it succeeds, fails for good, or runs out of attempts; never raises an APIError."""
-        body = orjson.dumps(line.body)
+        """Run ``line`` until it succeeds, fails for good, or runs out of attempts. Never raises but for
+        cancellation: any other exception, expected or not, becomes this request's error line (``internal_error``
+        with the exception's type and a short message when it is not one of our API errors)."""
         try:
-            try:  # the first attempt outside tenacity: most requests need no retry, and it costs 18 us a call
-                response = await self._attempt(endpoint, line.model, body)
-            except _Retryable as first:
-                response = await self._retry(first, endpoint, line.model, body)
-        except _Retryable as exc:
-            if exc.response is not None:
-                return response_result(batch_id, line.number, line.custom_id, exc.response)
-            error = exc.error or ServiceUnavailableError()
-            return error_result(batch_id, line.number, line.custom_id, _code(error), error.message)
-        except APIError as exc:
-            return error_result(batch_id, line.number, line.custom_id, _code(exc), exc.message)
-        return response_result(batch_id, line.number, line.custom_id, response)
+            try:
+                body = orjson.dumps(line.body)
+                try:  # the first attempt outside tenacity: most requests need no retry, and it costs 18 us a call
+                    response = await self._attempt(endpoint, line.model, body)
+                except _Retryable as first:
+                    response = await self._retry(first, endpoint, line.model, body)
+            except (_Retryable, APIError) as exc:
+                return _failed(batch_id, line, exc)
+            return response_result(batch_id, line.number, line.custom_id, response)
+        except Exception as exc:  # a bug, or a provider's surprise, must not take the batch down with it
+            return _internal_error(batch_id, line, exc)
 
     async def _retry(self, first: _Retryable, endpoint: Endpoint, model: str, body: bytes) -> RawResponse:
         """Attempts 2..max_attempts, the first delay chosen from the first attempt's failure."""
@@ -124,3 +127,27 @@ class RequestExecutor:
 
 def _code(error: APIError) -> str:
     return error.code or error.error_type
+
+
+def _failed(batch_id: str, line: ParsedLine, exc: _Retryable | APIError) -> RequestResult:
+    """The line of a request that failed for good: the last answer when there was one, else the error."""
+    if isinstance(exc, _Retryable):
+        if exc.response is not None:
+            return response_result(batch_id, line.number, line.custom_id, exc.response)
+        exc = exc.error or ServiceUnavailableError()
+    return error_result(batch_id, line.number, line.custom_id, _code(exc), exc.message)
+
+
+def _internal_error(batch_id: str, line: ParsedLine, exc: Exception) -> RequestResult:
+    """The error line of a request that failed on an unexpected exception: its type and a short message (no
+    traceback: the line is the caller's, the bug is ours)."""
+    try:
+        text = str(exc)
+    except Exception:  # a broken __str__ is one more surprise, not a reason to raise
+        text = ""
+    kind = type(exc).__name__
+    message = f"The batch engine failed on this request: {kind}: {bounded(text, 200)}" if text else kind
+    try:
+        return error_result(batch_id, line.number, line.custom_id, "internal_error", message)
+    except Exception:
+        return error_result(batch_id, line.number, "", "internal_error", kind)

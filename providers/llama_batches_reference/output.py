@@ -1,59 +1,134 @@
-"""Output and error lines in OpenAI's shape, built from the backend's answer bytes without re-serialising them."""
+"""Output and error lines in OpenAI's shape.
+
+A backend's answer is untrusted input: whatever its status, headers and bytes, a request ends as exactly one line of
+valid JSON, ``{"id", "custom_id", "response", "error"}``. A 2xx whose body is a JSON object is a success; its bytes
+are spliced into the line unchanged when they are already one line (the common case, and the cheap one), else
+re-serialised compactly. Every other answer is a failure that keeps the status and the ``x-request-id``: a body that
+is a JSON object is kept as the backend's error body, any other body is replaced by an OpenAI error body whose
+``code`` says what was wrong (``invalid_response`` for a 2xx, ``http_error`` otherwise) and which quotes a short,
+sanitised prefix of it. U+2028, U+2029 and U+0085 are escaped wherever they occur, because ``str.splitlines()``
+(which readers of JSONL use) splits on them.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import orjson
 
 from llama_batches.api import RawResponse
+from llama_batches.errors import bounded, quoted
 from llama_batches.storage import RequestResult
 
-__all__ = ["error_result", "expired_line", "response_result"]
+__all__ = ["MAX_REQUEST_ID", "MAX_USAGE_TOKENS", "error_result", "expired_line", "response_result"]
+
+MAX_USAGE_TOKENS = 10**9  # one request's count above this is not believed (and sums stay far from BIGINT's limit)
+MAX_REQUEST_ID = 128
+_MAX_MESSAGE = 1000
+_MAX_CODE = 64
+_NOT_IN_CODE = re.compile(r"[^A-Za-z0-9_.:-]")
+_SEPARATORS = ((b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"), (b"\xc2\x85", b"\\u0085"))
 
 
-def _request_id() -> str:
-    return "batch_req_" + os.urandom(16).hex()  # a fifth of uuid4's cost, on the hot path
+def _one_line(data: bytes) -> bytes:
+    """Valid UTF-8 JSON with the line separators other than LF and CR escaped. In valid JSON they can only occur
+    raw inside strings, where the escape means the same character, so a byte replacement is exact. (Callers check
+    ``isascii`` first; then the decoded text is searched, much faster than the bytes for three sequences.)"""
+    text = data.decode("utf-8", "replace")
+    if "\u2028" in text or "\u2029" in text or "\x85" in text:
+        for raw, escaped in _SEPARATORS:
+            data = data.replace(raw, escaped)
+    return data
+
+
+def _json_str(text: str) -> bytes:
+    """``text`` as a JSON string; a lone surrogate (which UTF-8 cannot carry) is written as its escape's text."""
+    return orjson.dumps(text.encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
 def _head(custom_id: str) -> bytes:
-    return b'{"id":"' + _request_id().encode() + b'","custom_id":' + orjson.dumps(custom_id)
+    try:
+        custom = orjson.dumps(custom_id)
+    except orjson.JSONEncodeError:
+        custom = _json_str(custom_id)
+    return b'{"id":"batch_req_' + os.urandom(16).hex().encode() + b'","custom_id":' + custom
 
 
 def _usage(payload: dict[str, Any]) -> tuple[int, int, int, int]:
+    """(prompt, completion, cached, reasoning) tokens. A count is believed only when it is a plain int (not a bool)
+    in [0, MAX_USAGE_TOKENS]; any other value counts 0 (written inline: this runs once per request)."""
     usage = payload.get("usage")
     if not isinstance(usage, dict):
         return 0, 0, 0, 0
-    prompt = usage.get("prompt_tokens") or 0
-    completion = usage.get("completion_tokens") or 0
-    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-    reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
-    return int(prompt), int(completion), int(cached), int(reasoning)
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
+    details = usage.get("completion_tokens_details")
+    reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else 0
+    top = MAX_USAGE_TOKENS
+    return (
+        prompt if type(prompt) is int and 0 <= prompt <= top else 0,
+        completion if type(completion) is int and 0 <= completion <= top else 0,
+        cached if type(cached) is int and 0 <= cached <= top else 0,
+        reasoning if type(reasoning) is int and 0 <= reasoning <= top else 0,
+    )
 
 
-def _object_body(response: RawResponse) -> tuple[bytes, dict[str, Any] | None]:
-    """The body bytes if they hold a JSON object (with the parsed object), else an OpenAI error body."""
+def _clean_request_id(value: object) -> str:
+    """An ``x-request-id`` that is not a short, non-empty, printable ASCII string: its printable ASCII characters
+    cut to MAX_REQUEST_ID, or one of ours when none is left (or there was none)."""
+    if isinstance(value, str):
+        kept = "".join(c for c in value[: MAX_REQUEST_ID * 8] if c.isascii() and c.isprintable()).strip()
+        if kept:
+            return kept[:MAX_REQUEST_ID]
+    return "req_" + os.urandom(16).hex()
+
+
+def _compact(body: bytes, payload: dict[str, Any]) -> bytes:
+    """A JSON object body that spans lines, re-serialised as one compact line."""
+    try:
+        return orjson.dumps(payload)
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes: LF and CR are only whitespace in JSON
+        return body.replace(b"\n", b"").replace(b"\r", b"")
+
+
+def _error_body(response: RawResponse) -> bytes:
+    """An OpenAI error body standing for a body that is not a JSON object, quoting its start."""
+    code = "invalid_response" if response.ok else "http_error"
+    content = response.body
+    described = f"a body that is not a JSON object: {quoted(content)}" if content.strip() else "an empty body"
+    message = f"The backend answered HTTP {response.status_code} with {described}."
+    return orjson.dumps({"error": {"message": message, "type": "upstream_error", "param": None, "code": code}})
+
+
+def response_result(batch_id: str, line: int, custom_id: str, response: RawResponse) -> RequestResult:
+    """The result of a request the backend answered: a success when 2xx with a JSON object body, else a failure
+    that keeps the status; always exactly one line of valid JSON. The checks of the success path are written
+    inline, each the cheapest found (``find`` over ``in``, ``isascii`` first): this runs once per request."""
     try:
         payload = orjson.loads(response.body)
     except orjson.JSONDecodeError:
         payload = None
+    status = response.status_code
     if isinstance(payload, dict):
-        return response.body.strip(), payload
-    text = response.body[:1000].decode("utf-8", "replace")
-    error = {"error": {"message": f"The backend answered with a body that is not a JSON object: {text}"}}
-    return orjson.dumps(error | {"type": "upstream_error"}), None
-
-
-def response_result(batch_id: str, line: int, custom_id: str, response: RawResponse) -> RequestResult:
-    """The result of a request the backend answered (success when 2xx with a JSON object body)."""
-    body, payload = _object_body(response)
-    ok = response.ok and payload is not None
-    status = response.status_code if payload is not None or not response.ok else 502
-    request_id = response.headers.get("x-request-id") or "req_" + os.urandom(16).hex()
+        body, ok = response.body.strip(), 200 <= status < 300
+        if body.find(b"\n") >= 0 or body.find(b"\r") >= 0:
+            body = _compact(body, payload)
+    else:
+        body, ok, payload = _error_body(response), False, None
+    request_id = response.headers.get("x-request-id")
+    if not (
+        isinstance(request_id, str)
+        and 0 < len(request_id) <= MAX_REQUEST_ID
+        and request_id.isascii()
+        and request_id.isprintable()
+    ):
+        request_id = _clean_request_id(request_id)
     output = b"".join(
         (
-            _head(custom_id),
+            _head(custom_id),  # its id costs a fifth of uuid4's, on the hot path
             b',"response":{"status_code":%d,"request_id":' % status,
             orjson.dumps(request_id),
             b',"body":',
@@ -61,17 +136,23 @@ def response_result(batch_id: str, line: int, custom_id: str, response: RawRespo
             b'},"error":null}',
         )
     )
+    if not output.isascii():
+        output = _one_line(output)
     tokens = _usage(payload) if ok and payload is not None else (0, 0, 0, 0)
     return RequestResult(batch_id, line, custom_id, ok, output, *tokens)
 
 
 def _error_line(custom_id: str, code: str, message: str) -> bytes:
-    error = orjson.dumps({"code": code, "message": message})
-    return _head(custom_id) + b',"response":null,"error":' + error + b"}"
+    """A line with ``response: null``; the code kept a short identifier, the message cut short and printable."""
+    code = _NOT_IN_CODE.sub("_", code[:_MAX_CODE]) or "error"
+    error = orjson.dumps({"code": code, "message": bounded(message, _MAX_MESSAGE)})
+    line = _head(custom_id) + b',"response":null,"error":' + error + b"}"
+    return line if line.isascii() else _one_line(line)
 
 
 def error_result(batch_id: str, line: int, custom_id: str, code: str, message: str) -> RequestResult:
-    """The result of a request that got no HTTP answer (connection errors, timeouts after every attempt)."""
+    """The result of a request that got no usable HTTP answer (connection errors, timeouts after every attempt, an
+    answer over the size cap, our own failure); ``code`` and ``message`` are cut short and made printable."""
     return RequestResult(batch_id, line, custom_id, False, _error_line(custom_id, code, message))
 
 

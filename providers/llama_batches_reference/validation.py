@@ -3,6 +3,7 @@ with OpenAI's codes, collected while streaming the file)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -10,9 +11,17 @@ from typing import Any
 import orjson
 
 from llama_batches.api import BatchError, Endpoint
-from llama_batches.errors import InvalidRequestError
+from llama_batches.errors import InvalidRequestError, quoted
 
-__all__ = ["ParsedLine", "check_create", "check_metadata", "parse_line"]
+__all__ = [
+    "ParsedLine",
+    "check_create",
+    "check_metadata",
+    "duplicate_custom_id_error",
+    "model_not_found_error",
+    "parse_line",
+    "storable_text",
+]
 
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
@@ -23,6 +32,13 @@ _REQUIRED_BY_ENDPOINT = {
     Endpoint.completions: ("prompt", "Prompt parameter is required."),
     Endpoint.embeddings: ("input", "Input parameter is required."),
 }
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_text(text: str) -> bool:
+    """Whether every store can hold ``text`` as text: PostgreSQL refuses NUL, and no UTF-8 column (nor SQLite's
+    driver) takes a lone surrogate, which Python's json module lets through."""
+    return _UNSTORABLE.search(text) is None
 
 
 def _invalid(message: str, param: str, code: str = "invalid_value") -> InvalidRequestError:
@@ -35,15 +51,18 @@ def check_create(endpoint: str, completion_window: str, windows: list[str], idem
         target = Endpoint(endpoint)
     except ValueError:
         allowed = ", ".join(f"'{e.value}'" for e in Endpoint)
-        raise _invalid(f"Invalid value: '{endpoint}'. Supported values are: {allowed}.", "endpoint") from None
+        raise _invalid(f"Invalid value: {quoted(endpoint)}. Supported values are: {allowed}.", "endpoint") from None
     if completion_window not in windows:
         allowed = ", ".join(f"'{w}'" for w in windows)
         raise _invalid(
-            f"Invalid value for 'completion_window': '{completion_window}'. Supported values are: {allowed}.",
+            f"Invalid value for 'completion_window': {quoted(completion_window)}. Supported values are: {allowed}.",
             "completion_window",
         )
-    if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
-        raise _invalid(f"An idempotency key must have 1 to {MAX_IDEMPOTENCY_KEY} characters.", "idempotency_key")
+    if idempotency_key is not None:
+        if not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+            raise _invalid(f"An idempotency key must have 1 to {MAX_IDEMPOTENCY_KEY} characters.", "idempotency_key")
+        if not storable_text(idempotency_key):
+            raise _invalid("An idempotency key cannot hold NUL characters or lone surrogates.", "idempotency_key")
     return target
 
 
@@ -61,26 +80,34 @@ def check_metadata(metadata: Mapping[str, Any] | None) -> None:
             "object_above_max_properties",
         )
     for key, value in metadata.items():
-        if not isinstance(key, str) or len(key) > MAX_METADATA_KEY:
-            raise _invalid(
-                f"Invalid 'metadata': keys must be strings of at most {MAX_METADATA_KEY} characters.",
-                "metadata",
-                "string_above_max_length",
-            )
-        if not isinstance(value, str):
-            kind = "an array" if isinstance(value, list) else "an object" if isinstance(value, dict) else "a number"
-            raise _invalid(
-                f"Invalid type for 'metadata.{key}': expected a string, but got {kind} instead.",
-                f"metadata.{key}",
-                "invalid_type",
-            )
-        if len(value) > MAX_METADATA_VALUE:
-            raise _invalid(
-                f"Invalid 'metadata.{key}': string too long. Expected a string with maximum length "
-                f"{MAX_METADATA_VALUE}, but got a string with length {len(value)} instead.",
-                f"metadata.{key}",
-                "string_above_max_length",
-            )
+        _check_metadata_pair(key, value)
+
+
+def _check_metadata_pair(key: object, value: object) -> None:
+    """One pair: a short storable string key, a short storable string value; the message quotes the key."""
+    if not isinstance(key, str) or len(key) > MAX_METADATA_KEY:
+        raise _invalid(
+            f"Invalid 'metadata': keys must be strings of at most {MAX_METADATA_KEY} characters.",
+            "metadata",
+            "string_above_max_length",
+        )
+    if not storable_text(key):
+        raise _invalid(f"Invalid 'metadata': the key {quoted(key)} holds NUL or a lone surrogate.", "metadata")
+    name = quoted(f"metadata.{key}", len("metadata.") + MAX_METADATA_KEY)
+    if not isinstance(value, str):
+        kind = "an array" if isinstance(value, list) else "an object" if isinstance(value, dict) else "a number"
+        raise _invalid(
+            f"Invalid type for {name}: expected a string, but got {kind} instead.", f"metadata.{key}", "invalid_type"
+        )
+    if len(value) > MAX_METADATA_VALUE:
+        raise _invalid(
+            f"Invalid {name}: string too long. Expected a string with maximum length "
+            f"{MAX_METADATA_VALUE}, but got a string with length {len(value)} instead.",
+            f"metadata.{key}",
+            "string_above_max_length",
+        )
+    if not storable_text(value):
+        raise _invalid(f"Invalid {name}: the value holds NUL or a lone surrogate.", f"metadata.{key}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +145,9 @@ def _check_request(number: int, parsed: dict[str, Any], endpoint: Endpoint) -> P
     custom_id, body = parsed["custom_id"], parsed["body"]
     if not isinstance(custom_id, str) or not custom_id:
         return _error(number, "invalid_request", "custom_id must be a non-empty string.", "custom_id")
+    if not storable_text(custom_id):
+        message = "custom_id cannot hold NUL characters or lone surrogates."
+        return _error(number, "invalid_request", message, "custom_id")
     if parsed["method"] != "POST":
         return _error(number, "invalid_request", "The method must be 'POST'.", "method")
     if parsed["url"] != endpoint.value:
@@ -135,3 +165,18 @@ def _check_request(number: int, parsed: dict[str, Any], endpoint: Endpoint) -> P
     if field not in body:
         return _error(number, "invalid_request", message, f"body.{field}")
     return ParsedLine(number, custom_id, model, body)
+
+
+def duplicate_custom_id_error(number: int, custom_id: str) -> BatchError:
+    """The error of line ``number``, whose ``custom_id`` an earlier line already used (OpenAI's wording)."""
+    message = (
+        f"The custom_id {quoted(custom_id)} for this request is a duplicate of another request. "
+        "The custom_id parameter must be unique for each request in a batch."
+    )
+    return _error(number, "duplicate_custom_id", message, "custom_id")
+
+
+def model_not_found_error(number: int, model: str) -> BatchError:
+    """The error of line ``number``, whose ``body.model`` no inference provider serves (OpenAI's wording)."""
+    message = f"The provided model {quoted(model)} is not supported by the Batch API."
+    return _error(number, "model_not_found", message, "body.model")
