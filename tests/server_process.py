@@ -114,7 +114,7 @@ class WorkerProcess:
     def batches_run(self) -> set[str]:
         """The batch ids this worker started running, from its log."""
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return {line.rsplit(" ", 1)[-1] for line in text.splitlines() if " runs batch " in line}
+        return {line.split(" runs batch ", 1)[1].split()[0] for line in text.splitlines() if " runs batch " in line}
 
     async def stop(self) -> None:
         """SIGTERM, then SIGKILL if it lingers."""

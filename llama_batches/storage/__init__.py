@@ -3,7 +3,19 @@
 from __future__ import annotations
 
 from .backends import StorageBackends, table_name
-from .base import Leases, Page, RequestResult, ResultLog, ResultTotals, Stored, Table, TableFactory
+from .base import (
+    Fence,
+    Lease,
+    LeaseLost,
+    Leases,
+    Page,
+    RequestResult,
+    ResultLog,
+    ResultTotals,
+    Stored,
+    Table,
+    TableFactory,
+)
 from .config import (
     BackendType,
     KVStoreReference,
@@ -16,7 +28,10 @@ from .sqlite import SqliteDatabase, SqliteResultLog, SqliteTable
 
 __all__ = [
     "BackendType",
+    "Fence",
     "KVStoreReference",
+    "Lease",
+    "LeaseLost",
     "Leases",
     "MemoryDatabase",
     "MemoryResultLog",

@@ -9,14 +9,30 @@ from __future__ import annotations
 import asyncio
 import builtins
 import itertools
-from collections.abc import Sequence
+import json
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 from pydantic import BaseModel
 
 from ..api.common import Order
-from .base import Leases, Page, Record, RequestResult, ResultLog, ResultTotals, Stored, Table, check_identifier
+from .base import (
+    Fence,
+    Lease,
+    LeaseLost,
+    Leases,
+    Page,
+    Record,
+    RequestResult,
+    ResultLog,
+    ResultTotals,
+    Stored,
+    Table,
+    change_paths,
+    check_identifier,
+    storable,
+)
 
 __all__ = ["MemoryDatabase", "MemoryLeases", "MemoryResultLog", "MemoryTable"]
 
@@ -44,18 +60,26 @@ class MemoryDatabase:
         """The table ``name`` of ``model`` records (the same object on every call)."""
         check_identifier(name)
         if name not in self._tables:
-            self._tables[name] = cast("MemoryTable[BaseModel]", MemoryTable(model))
+            self._tables[name] = cast("MemoryTable[BaseModel]", MemoryTable(model, self))
         return cast("Table[R]", self._tables[name])
 
     async def result_log(self, name: str) -> ResultLog:
         """The result log ``name`` (the same object on every call)."""
         check_identifier(name)
-        return self._logs.setdefault(name, MemoryResultLog())
+        return self._logs.setdefault(name, MemoryResultLog(self))
 
     async def leases(self, name: str) -> Leases:
         """The lease table ``name`` (the same object on every call)."""
+        return self._lease_table(name)
+
+    def _lease_table(self, name: str) -> MemoryLeases:
         check_identifier(name)
-        return self._leases.setdefault(name, MemoryLeases())
+        return self._leases.setdefault(name, MemoryLeases(name))
+
+    def check_fence(self, fence: Fence | None) -> None:
+        """Raise LeaseLost unless ``fence``'s lease is still at its epoch (nothing to check without a fence)."""
+        if fence is not None and self._lease_table(fence.table).epoch(fence.key) != fence.epoch:
+            raise LeaseLost(fence.key, fence.epoch)
 
     async def close(self) -> None:
         """Nothing to release."""
@@ -64,8 +88,9 @@ class MemoryDatabase:
 class MemoryTable(Generic[R]):
     """A :class:`~llama_batches.storage.base.Table` in a dict, guarded by one lock."""
 
-    def __init__(self, model: type[R]) -> None:
+    def __init__(self, model: type[R], db: MemoryDatabase | None = None) -> None:
         self._model = model
+        self._db = db or MemoryDatabase()
         self._rows: dict[tuple[str, str], _Row] = {}
         self._seq = itertools.count(1)
         self._lock = asyncio.Lock()
@@ -79,6 +104,8 @@ class MemoryTable(Generic[R]):
             return True
 
     async def get(self, owner: str, record_id: str) -> Stored[R] | None:
+        if not storable(owner, record_id):
+            return None
         row = self._rows.get((owner, record_id))
         if row is None:
             return None
@@ -86,6 +113,8 @@ class MemoryTable(Generic[R]):
 
     async def replace(self, owner: str, record: R, *, expected_version: int, tag: str | None = None) -> bool:
         key = (owner, cast(Record, record).id)
+        if not storable(*key):
+            return False
         async with self._lock:
             row = self._rows.get(key)
             if row is None or row.version != expected_version:
@@ -93,9 +122,47 @@ class MemoryTable(Generic[R]):
             row.data, row.tag, row.version = record.model_dump_json(), tag, row.version + 1
             return True
 
+    async def update(
+        self,
+        owner: str,
+        record_id: str,
+        changes: Mapping[str, Any],
+        *,
+        when_tags: Collection[str] | None = None,
+        tag: str | None = None,
+        fence: Fence | None = None,
+    ) -> Stored[R] | None:
+        paths = change_paths(changes)
+        if not storable(owner, record_id):
+            return None
+        async with self._lock:
+            self._db.check_fence(fence)
+            row = self._rows.get((owner, record_id))
+            if row is None or (when_tags is not None and row.tag not in when_tags):
+                return None
+            data = json.loads(row.data)
+            for path, value in paths:
+                target = data
+                for key in path[:-1]:
+                    if not isinstance(target.get(key), dict):
+                        target[key] = {}
+                    target = target[key]
+                target[path[-1]] = json.loads(json.dumps(value))
+            record = self._model.model_validate(data)
+            row.data, row.version = record.model_dump_json(), row.version + 1
+            row.tag = tag if tag is not None else row.tag
+            return Stored(record, row.version)
+
     async def delete(self, owner: str, record_id: str) -> bool:
+        if not storable(owner, record_id):
+            return False
         async with self._lock:
             return self._rows.pop((owner, record_id), None) is not None
+
+    def tagged(self, tags: Collection[str]) -> builtins.list[tuple[str, str]]:
+        """(owner, id) of the rows whose tag is one of ``tags``, oldest first."""
+        rows = sorted((r.created_at, r.seq, o, i) for (o, i), r in self._rows.items() if r.tag in tags)
+        return [(o, i) for _, _, o, i in rows]
 
     async def list(
         self,
@@ -106,6 +173,8 @@ class MemoryTable(Generic[R]):
         order: Order = Order.desc,
         tag: str | None = None,
     ) -> Page[R]:
+        if not storable(owner, after):
+            return Page([], has_more=False)
         rows = [
             row for (row_owner, _), row in self._rows.items() if row_owner == owner and (tag is None or row.tag == tag)
         ]
@@ -134,10 +203,12 @@ class MemoryTable(Generic[R]):
 class MemoryResultLog:
     """A :class:`~llama_batches.storage.base.ResultLog` in a dict keyed by (batch, line)."""
 
-    def __init__(self) -> None:
+    def __init__(self, db: MemoryDatabase | None = None) -> None:
+        self._db = db or MemoryDatabase()
         self._results: dict[str, dict[int, RequestResult]] = {}
 
-    async def record(self, owner: str, results: Sequence[RequestResult]) -> None:
+    async def record(self, owner: str, results: Sequence[RequestResult], *, fence: Fence | None = None) -> None:
+        self._db.check_fence(fence)
         for result in results:
             self._results.setdefault(result.batch_id, {}).setdefault(result.line, result)
 
@@ -164,30 +235,76 @@ class MemoryResultLog:
         self._results.pop(batch_id, None)
 
 
+@dataclass(slots=True)
+class _LeaseRow:
+    holder: str
+    expires_at: float
+    epoch: int
+    failures: int
+
+
 class MemoryLeases:
     """A :class:`~llama_batches.storage.base.Leases` in a dict (synchronous steps: atomic in one event loop)."""
 
-    def __init__(self) -> None:
-        self._leases: dict[str, tuple[str, float]] = {}
+    def __init__(self, name: str = "leases") -> None:
+        self.name = name
+        self._rows: dict[str, _LeaseRow] = {}
 
-    async def acquire(self, key: str, holder: str, ttl_s: float, now: float) -> bool:
-        current = self._leases.get(key)
-        if current is not None and current[0] != holder and current[1] > now:
+    def epoch(self, key: str) -> int:
+        """The key's current epoch (0 when never acquired)."""
+        row = self._rows.get(key)
+        return row.epoch if row is not None else 0
+
+    def _take(self, key: str, holder: str, ttl_s: float, now: float) -> Lease | None:
+        row = self._rows.get(key)
+        if row is not None and row.expires_at > now:
+            return None
+        if row is None:
+            row = self._rows[key] = _LeaseRow(holder, now + ttl_s, 0, 0)
+        row.holder, row.expires_at, row.epoch = holder, now + ttl_s, row.epoch + 1
+        return Lease(key, holder, row.epoch, row.failures)
+
+    async def acquire(self, key: str, holder: str, ttl_s: float, now: float) -> Lease | None:
+        return self._take(key, holder, ttl_s, now)
+
+    async def claim(
+        self, table: Table[Any], tags: Sequence[str], holder: str, ttl_s: float, now: float, *, limit: int
+    ) -> builtins.list[tuple[str, Lease]]:
+        if not isinstance(table, MemoryTable):
+            raise TypeError("a memory lease table claims records of a memory table")
+        claimed: builtins.list[tuple[str, Lease]] = []
+        for owner, key in table.tagged(tags):
+            if len(claimed) >= limit:
+                break
+            lease = self._take(key, holder, ttl_s, now)
+            if lease is not None:
+                claimed.append((owner, lease))
+        return claimed
+
+    def _is_current(self, lease: Lease) -> _LeaseRow | None:
+        row = self._rows.get(lease.key)
+        held = row is not None and row.epoch == lease.epoch and row.holder == lease.holder
+        return row if held else None
+
+    async def renew(self, lease: Lease, ttl_s: float, now: float) -> bool:
+        row = self._is_current(lease)
+        if row is None:
             return False
-        self._leases[key] = (holder, now + ttl_s)
+        row.expires_at = now + ttl_s
         return True
 
-    async def renew(self, key: str, holder: str, ttl_s: float, now: float) -> bool:
-        current = self._leases.get(key)
-        if current is None or current[0] != holder:
-            return False
-        self._leases[key] = (holder, now + ttl_s)
-        return True
-
-    async def release(self, key: str, holder: str) -> None:
-        if self._leases.get(key, ("", 0.0))[0] == holder:
-            del self._leases[key]
+    async def release(self, lease: Lease, *, until: float = 0.0, failed: bool = False) -> None:
+        row = self._is_current(lease)
+        if row is not None:
+            row.holder, row.expires_at, row.failures = "", until, row.failures + int(failed)
 
     async def holder(self, key: str, now: float) -> str | None:
-        current = self._leases.get(key)
-        return current[0] if current is not None and current[1] > now else None
+        row = self._rows.get(key) if storable(key) else None
+        return row.holder if row is not None and row.holder and row.expires_at > now else None
+
+    async def current(self, key: str) -> Lease | None:
+        row = self._rows.get(key) if storable(key) else None
+        return Lease(key, row.holder, row.epoch, row.failures) if row is not None else None
+
+    def fence(self, lease: Lease) -> Fence:
+        return Fence(self.name, lease.key, lease.epoch)

@@ -1,4 +1,5 @@
-"""PostgreSQL backend (asyncpg): every SQL statement this backend runs is in this module.
+"""PostgreSQL backend (asyncpg): every SQL statement this backend runs is in this module (leases in
+:mod:`.postgres_leases`).
 
 One connection pool per database, shared by every table opened on it. Schema is created on first use under an
 advisory lock (several processes may start at once), and columns added later are added with ``ADD COLUMN IF NOT
@@ -8,15 +9,32 @@ EXISTS``, so starting a newer version migrates an older database in place.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+import json
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, Generic, TypeVar, cast
 
+import orjson
 from pydantic import BaseModel
 
 from ..api.common import Order
 from ..errors import MissingExtraError
-from .base import Leases, Page, Record, RequestResult, ResultLog, ResultTotals, Stored, Table, check_identifier
+from .base import (
+    Fence,
+    Leases,
+    Page,
+    Record,
+    RequestResult,
+    ResultLog,
+    ResultTotals,
+    Stored,
+    Table,
+    change_paths,
+    check_identifier,
+    storable,
+)
 from .config import PostgresBackendConfig
+from .postgres_leases import LEASES_SCHEMA, PostgresLeases, check_fence
 
 __all__ = ["PostgresDatabase", "PostgresLeases", "PostgresResultLog", "PostgresTable"]
 
@@ -40,6 +58,24 @@ _INSERT = "INSERT INTO {t} (owner, id, created_at, tag, data) VALUES ($1, $2, $3
 _GET = "SELECT data, version FROM {t} WHERE owner = $1 AND id = $2"
 _REPLACE = "UPDATE {t} SET data = $1, tag = $2, version = version + 1 WHERE owner = $3 AND id = $4 AND version = $5"
 _DELETE = "DELETE FROM {t} WHERE owner = $1 AND id = $2"
+_UPDATE = (
+    "UPDATE {t} SET data = ({data})::text, tag = COALESCE($3::text, tag), version = version + 1 "
+    "WHERE owner = $1 AND id = $2 AND ($4::text[] IS NULL OR tag = ANY($4::text[])) RETURNING data, version"
+)
+_JSON_SET = "jsonb_set({target}, ${path}::text[], ${value}::jsonb)"
+_JSON_OBJECT = (
+    "jsonb_set({target}, ${path}::text[], CASE WHEN jsonb_typeof(data::jsonb #> ${path}::text[]) = 'object' "
+    "THEN data::jsonb #> ${path}::text[] ELSE '{{}}'::jsonb END)"
+)
+_LOCK_FOR_UPDATE = (
+    "SELECT data FROM {t} WHERE owner = $1 AND id = $2 AND ($3::text[] IS NULL OR tag = ANY($3::text[])) "
+    "FOR NO KEY UPDATE"
+)
+_UPDATE_DATA = (
+    "UPDATE {t} SET data = $3, tag = COALESCE($4::text, tag), version = version + 1 WHERE owner = $1 AND id = $2 "
+    "RETURNING data, version"
+)
+_UNTRANSLATABLE_CHARACTER = "22P05"
 _LIST = (
     "SELECT data FROM {t} WHERE owner = $1 AND ($2::text IS NULL OR tag = $2) {cursor} "
     "ORDER BY created_at {direction}, seq {direction} LIMIT $3"
@@ -79,16 +115,33 @@ _RESULTS_TOTALS = (
 )
 _RESULTS_DELETE = "DELETE FROM {t} WHERE batch_id = $1"
 
-_LEASES_SCHEMA = [
-    "CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL)"
-]
-_LEASE_ACQUIRE = (
-    "INSERT INTO {t} (key, holder, expires_at) VALUES ($1, $2, $3) ON CONFLICT (key) DO UPDATE "
-    "SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at WHERE {t}.expires_at <= $4 OR {t}.holder = $2"
-)
-_LEASE_RENEW = "UPDATE {t} SET expires_at = $1 WHERE key = $2 AND holder = $3"
-_LEASE_RELEASE = "DELETE FROM {t} WHERE key = $1 AND holder = $2"
-_LEASE_HOLDER = "SELECT holder FROM {t} WHERE key = $1 AND expires_at > $2"
+
+def _jsonb_changes(changes: Mapping[str, Any], *, first: int) -> tuple[str, list[Any]]:
+    """The SQL expression of ``data`` (as jsonb) with ``changes`` applied, and its arguments, numbered from
+    ``first``: paths as text arrays, values as JSON text. A parent of a depth-2 path that is not an object
+    (missing, null) first becomes ``{}``, as ``jsonb_set`` does not create intermediate objects."""
+    paths = change_paths(changes)
+    target = "data::jsonb"
+    args: list[Any] = []
+    for parent in dict.fromkeys(path[0] for path, _ in paths if len(path) == 2):
+        args.append([parent])
+        target = _JSON_OBJECT.format(target=target, path=first + len(args) - 1)
+    for path, value in paths:
+        args += [builtins.list(path), orjson.dumps(value).decode()]
+        target = _JSON_SET.format(target=target, path=first + len(args) - 2, value=first + len(args) - 1)
+    return target, args
+
+
+def _apply_changes(data: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with ``changes`` set in place, as :func:`_jsonb_changes` sets them in SQL."""
+    for path, value in change_paths(changes):
+        target = data
+        if len(path) == 2:
+            if not isinstance(data.get(path[0]), dict):
+                data[path[0]] = {}
+            target = data[path[0]]
+        target[path[-1]] = value
+    return data
 
 
 def _count(status: str) -> int:
@@ -153,8 +206,18 @@ class PostgresDatabase:
 
     async def leases(self, name: str) -> Leases:
         """The lease table ``name``, created when missing."""
-        await self.migrate(check_identifier(name), _LEASES_SCHEMA)
+        await self.migrate(check_identifier(name), LEASES_SCHEMA)
         return PostgresLeases(self, name)
+
+    @asynccontextmanager
+    async def transaction(self, fence: Fence | None = None) -> AsyncIterator[Any]:
+        """A connection in a transaction, committed when the block ends, rolled back when it raises. With a
+        ``fence``, it is checked first (and its lease row share-locked until the commit)."""
+        pool = await self.pool()
+        async with pool.acquire() as conn, conn.transaction():
+            if fence is not None:
+                await check_fence(conn, fence)
+            yield conn
 
     async def close(self) -> None:
         """Close the pool."""
@@ -167,12 +230,16 @@ class PostgresTable(Generic[R]):
     """A :class:`~llama_batches.storage.base.Table` in PostgreSQL."""
 
     def __init__(self, db: PostgresDatabase, name: str, model: type[R]) -> None:
+        self.database = db
+        self.name = name
         self._db = db
-        self._name = name
         self._model = model
 
     def _sql(self, template: str, **parts: str) -> str:
-        return template.format(t=self._name, **parts)
+        return template.format(t=self.name, **parts)
+
+    def _stored(self, row: Any) -> Stored[R] | None:
+        return Stored(self._model.model_validate_json(row[0]), int(row[1])) if row is not None else None
 
     async def insert(self, owner: str, record: R, *, tag: str | None = None) -> bool:
         rec = cast(Record, record)
@@ -180,14 +247,73 @@ class PostgresTable(Generic[R]):
         return await self._db.execute(sql, owner, rec.id, rec.created_at, tag, record.model_dump_json()) == 1
 
     async def get(self, owner: str, record_id: str) -> Stored[R] | None:
+        if not storable(owner, record_id):
+            return None
         rows = await self._db.fetch(self._sql(_GET), owner, record_id)
-        return Stored(self._model.model_validate_json(rows[0][0]), int(rows[0][1])) if rows else None
+        return self._stored(rows[0] if rows else None)
 
     async def replace(self, owner: str, record: R, *, expected_version: int, tag: str | None = None) -> bool:
-        args = (record.model_dump_json(), tag, owner, cast(Record, record).id, expected_version)
+        record_id = cast(Record, record).id
+        if not storable(owner, record_id):
+            return False
+        args = (record.model_dump_json(), tag, owner, record_id, expected_version)
         return await self._db.execute(self._sql(_REPLACE), *args) == 1
 
+    async def update(
+        self,
+        owner: str,
+        record_id: str,
+        changes: Mapping[str, Any],
+        *,
+        when_tags: Collection[str] | None = None,
+        tag: str | None = None,
+        fence: Fence | None = None,
+    ) -> Stored[R] | None:
+        if not storable(owner, record_id):
+            return None
+        tags = builtins.list(when_tags) if when_tags is not None else None
+        data, values = _jsonb_changes(changes, first=5)
+        try:
+            row = await self._update_row(fence, self._sql(_UPDATE, data=data), owner, record_id, tag, tags, *values)
+        except Exception as exc:
+            if getattr(exc, "sqlstate", None) != _UNTRANSLATABLE_CHARACTER:
+                raise
+            row = await self._update_in_python(owner, record_id, changes, tags, tag, fence)
+        return self._stored(row)
+
+    async def _update_row(self, fence: Fence | None, sql: str, *args: Any) -> Any:
+        """Run the ``UPDATE ... RETURNING``, then check the fence in the same transaction. The record's row is
+        locked before the lease's (as a claim locks them: records, then leases), so the two never deadlock."""
+        if fence is None:
+            return await (await self._db.pool()).fetchrow(sql, *args)
+        async with self._db.transaction() as conn:
+            row = await conn.fetchrow(sql, *args)
+            await check_fence(conn, fence)
+            return row
+
+    async def _update_in_python(
+        self,
+        owner: str,
+        record_id: str,
+        changes: Mapping[str, Any],
+        tags: builtins.list[str] | None,
+        tag: str | None,
+        fence: Fence | None,
+    ) -> Any:
+        """The same update, merged here: jsonb cannot hold NUL (``\\u0000``), which a record's JSON text (and a
+        change) can. The row is locked until the write, so it stays one atomic conditional write."""
+        async with self._db.transaction() as conn:
+            data = await conn.fetchval(self._sql(_LOCK_FOR_UPDATE), owner, record_id, tags)
+            if fence is not None:
+                await check_fence(conn, fence)
+            if data is None:
+                return None
+            merged = orjson.dumps(_apply_changes(json.loads(data), changes)).decode()
+            return await conn.fetchrow(self._sql(_UPDATE_DATA), owner, record_id, merged, tag)
+
     async def delete(self, owner: str, record_id: str) -> bool:
+        if not storable(owner, record_id):
+            return False
         return await self._db.execute(self._sql(_DELETE), owner, record_id) == 1
 
     async def list(
@@ -199,6 +325,8 @@ class PostgresTable(Generic[R]):
         order: Order = Order.desc,
         tag: str | None = None,
     ) -> Page[R]:
+        if not storable(owner, after):
+            return Page([], has_more=False)
         direction, cmp = ("DESC", "<") if order is Order.desc else ("ASC", ">")
         cursor = self._sql(_CURSOR, cmp=cmp) if after is not None else ""
         sql = self._sql(_LIST, cursor=cursor, direction=direction)
@@ -219,16 +347,19 @@ class PostgresResultLog:
         self._db = db
         self._name = name
 
-    async def record(self, owner: str, results: Sequence[RequestResult]) -> None:
-        if not results:
-            return
+    async def record(self, owner: str, results: Sequence[RequestResult], *, fence: Fence | None = None) -> None:
         columns = (
             [r.batch_id for r in results], [r.line for r in results], [owner] * len(results),
             [r.custom_id for r in results], [r.ok for r in results], [r.output for r in results],
             [r.input_tokens for r in results], [r.output_tokens for r in results],
             [r.cached_tokens for r in results], [r.reasoning_tokens for r in results],
         )  # fmt: skip
-        await self._db.execute(_RESULTS_INSERT.format(t=self._name), *columns)
+        if fence is None:
+            if results:
+                await self._db.execute(_RESULTS_INSERT.format(t=self._name), *columns)
+            return
+        async with self._db.transaction(fence) as conn:
+            await conn.execute(_RESULTS_INSERT.format(t=self._name), *columns)
 
     async def done_lines(self, batch_id: str) -> set[int]:
         return {int(row[0]) for row in await self._db.fetch(_RESULTS_LINES.format(t=self._name), batch_id)}
@@ -245,24 +376,3 @@ class PostgresResultLog:
 
     async def delete(self, batch_id: str) -> None:
         await self._db.execute(_RESULTS_DELETE.format(t=self._name), batch_id)
-
-
-class PostgresLeases:
-    """A :class:`~llama_batches.storage.base.Leases` in PostgreSQL (one statement per operation)."""
-
-    def __init__(self, db: PostgresDatabase, name: str) -> None:
-        self._db = db
-        self._name = name
-
-    async def acquire(self, key: str, holder: str, ttl_s: float, now: float) -> bool:
-        return await self._db.execute(_LEASE_ACQUIRE.format(t=self._name), key, holder, now + ttl_s, now) == 1
-
-    async def renew(self, key: str, holder: str, ttl_s: float, now: float) -> bool:
-        return await self._db.execute(_LEASE_RENEW.format(t=self._name), now + ttl_s, key, holder) == 1
-
-    async def release(self, key: str, holder: str) -> None:
-        await self._db.execute(_LEASE_RELEASE.format(t=self._name), key, holder)
-
-    async def holder(self, key: str, now: float) -> str | None:
-        rows = await self._db.fetch(_LEASE_HOLDER.format(t=self._name), key, now)
-        return str(rows[0][0]) if rows else None

@@ -1,22 +1,42 @@
-"""SQLite backend (aiosqlite): every SQL statement this backend runs is in this module.
+"""SQLite backend (aiosqlite): every SQL statement this backend runs is in this module (leases in
+:mod:`.sqlite_leases`).
 
 One connection per database file, in autocommit mode with WAL journaling and ``synchronous=NORMAL``: each
 statement is atomic, readers never block the writer, and a commit costs no fsync (WAL is synced at checkpoints).
+Writes that must check something first (a fence) run in ``BEGIN IMMEDIATE`` transactions, which take the file's
+write lock at once, so the check and the write are atomic even when several processes share the file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
 import aiosqlite
+import orjson
 from pydantic import BaseModel
 
 from ..api.common import Order
-from .base import Leases, Page, Record, RequestResult, ResultLog, ResultTotals, Stored, Table, check_identifier
+from .base import (
+    Fence,
+    Leases,
+    Page,
+    Record,
+    RequestResult,
+    ResultLog,
+    ResultTotals,
+    Stored,
+    Table,
+    change_paths,
+    check_identifier,
+    storable,
+)
+from .sqlite_leases import SqliteLeases, check_fence
 
 __all__ = ["SqliteDatabase", "SqliteLeases", "SqliteResultLog", "SqliteTable"]
 
@@ -42,6 +62,14 @@ _INSERT = "INSERT INTO {t} (owner, id, created_at, tag, data) VALUES (?, ?, ?, ?
 _GET = "SELECT data, version FROM {t} WHERE owner = ? AND id = ?"
 _REPLACE = "UPDATE {t} SET data = ?, tag = ?, version = version + 1 WHERE owner = ? AND id = ? AND version = ?"
 _DELETE = "DELETE FROM {t} WHERE owner = ? AND id = ?"
+_UPDATE = (
+    "UPDATE {t} SET data = {data}, tag = COALESCE(?, tag), version = version + 1 "
+    "WHERE owner = ? AND id = ? {when} RETURNING data, version"
+)
+_UPDATE_WHEN_TAGS = "AND tag IN ({marks})"
+_JSON_SET = "json_set({target}, {pairs})"
+_JSON_PAIR = "?, json(?)"
+_JSON_OBJECT_PAIR = "?, json(CASE WHEN json_type(data, ?) = 'object' THEN json_extract(data, ?) ELSE '{}' END)"
 _LIST = (
     "SELECT data FROM {t} WHERE owner = ? AND (? IS NULL OR tag = ?) {cursor} "
     "ORDER BY created_at {direction}, seq {direction} LIMIT ?"
@@ -81,19 +109,28 @@ _RESULTS_TOTALS = (
 )
 _RESULTS_DELETE = "DELETE FROM {t} WHERE batch_id = ?"
 
-_LEASES_SCHEMA = "CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at REAL NOT NULL)"
-_LEASE_ACQUIRE = (
-    "INSERT INTO {t} (key, holder, expires_at) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE "
-    "SET holder = excluded.holder, expires_at = excluded.expires_at WHERE {t}.expires_at <= ? OR {t}.holder = ?"
-)
-_LEASE_RENEW = "UPDATE {t} SET expires_at = ? WHERE key = ? AND holder = ?"
-_LEASE_RELEASE = "DELETE FROM {t} WHERE key = ? AND holder = ?"
-_LEASE_HOLDER = "SELECT holder FROM {t} WHERE key = ? AND expires_at > ?"
-
 
 def _identity(record: BaseModel) -> tuple[str, int]:
     rec = cast(Record, record)
     return rec.id, rec.created_at
+
+
+def _json_changes(changes: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    """The SQL expression of ``data`` with ``changes`` applied, and its parameters (JSON paths, values as JSON
+    text). A parent of a depth-2 path that is not an object (missing, null) first becomes ``{}``, in an inner
+    ``json_set``: a single ``json_set`` does not see its own earlier edits."""
+    paths = change_paths(changes)
+    if not paths:
+        return "data", ()
+    target = "data"
+    params: tuple[Any, ...] = ()
+    parents = list(dict.fromkeys(path[0] for path, _ in paths if len(path) == 2))
+    if parents:
+        target = _JSON_SET.format(target=target, pairs=", ".join([_JSON_OBJECT_PAIR] * len(parents)))
+        params = tuple(item for parent in parents for item in (f"$.{parent}",) * 3)
+    pairs = ", ".join([_JSON_PAIR] * len(paths))
+    values = tuple(item for path, value in paths for item in ("$." + ".".join(path), orjson.dumps(value).decode()))
+    return _JSON_SET.format(target=target, pairs=pairs), params + values
 
 
 class SqliteDatabase:
@@ -132,11 +169,9 @@ class SqliteDatabase:
         return log
 
     async def leases(self, name: str) -> Leases:
-        """The lease table ``name``, created when missing."""
+        """The lease table ``name``, created (or migrated) when needed."""
         leases = SqliteLeases(self, check_identifier(name))
-        conn = await self.connection()
-        async with self.write_lock:
-            await conn.execute(_LEASES_SCHEMA.format(t=name))
+        await leases.create()
         return leases
 
     async def write(self, sql: str, params: tuple[Any, ...]) -> int:
@@ -145,15 +180,33 @@ class SqliteDatabase:
         async with self.write_lock, conn.execute(sql, params) as cursor:
             return cursor.rowcount
 
-    async def write_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        """Run ``sql`` for every row in one transaction (one commit, whatever the number of rows)."""
+    async def write_returning(self, sql: str, params: tuple[Any, ...], fence: Fence | None) -> list[Any]:
+        """Run one write statement with a ``RETURNING`` clause; its rows. With a ``fence``, in a transaction
+        that checks it first (raising :class:`~llama_batches.storage.base.LeaseLost`, nothing written)."""
+        if fence is not None:
+            async with self.transaction(fence) as conn, conn.execute(sql, params) as cursor:
+                return list(await cursor.fetchall())
+        conn = await self.connection()
+        async with self.write_lock, conn.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    @asynccontextmanager
+    async def transaction(self, fence: Fence | None = None) -> AsyncIterator[aiosqlite.Connection]:
+        """A ``BEGIN IMMEDIATE`` transaction holding the write lock (of this object and of the file: other
+        processes wait), committed when the block ends, rolled back when it raises. With a ``fence``, it first
+        checks it, so a fenced write commits only while its lease is at its epoch. The connection runs statements
+        in order even when their caller is cancelled, so the ROLLBACK is queued even after a cancelled BEGIN (and
+        fails harmlessly when the BEGIN itself failed)."""
         conn = await self.connection()
         async with self.write_lock:
-            await conn.execute("BEGIN")
             try:
-                await conn.executemany(sql, rows)
+                await conn.execute("BEGIN IMMEDIATE")
+                if fence is not None:
+                    await check_fence(conn, fence)
+                yield conn
             except BaseException:
-                await conn.execute("ROLLBACK")
+                with suppress(sqlite3.OperationalError):
+                    await conn.execute("ROLLBACK")
                 raise
             await conn.execute("COMMIT")
 
@@ -169,12 +222,13 @@ class SqliteTable(Generic[R]):
     """A :class:`~llama_batches.storage.base.Table` in a SQLite database."""
 
     def __init__(self, db: SqliteDatabase, name: str, model: type[R]) -> None:
+        self.database = db
+        self.name = name
         self._db = db
-        self._name = name
         self._model = model
 
     def _sql(self, template: str, **parts: str) -> str:
-        return template.format(t=self._name, **parts)
+        return template.format(t=self.name, **parts)
 
     async def _execute(self, sql: str, params: tuple[Any, ...]) -> int:
         return await self._db.write(sql, params)
@@ -191,6 +245,8 @@ class SqliteTable(Generic[R]):
         return await self._execute(self._sql(_INSERT), params) == 1
 
     async def get(self, owner: str, record_id: str) -> Stored[R] | None:
+        if not storable(owner, record_id):
+            return None
         conn = await self._db.connection()
         async with conn.execute(self._sql(_GET), (owner, record_id)) as cursor:
             row = await cursor.fetchone()
@@ -200,10 +256,34 @@ class SqliteTable(Generic[R]):
 
     async def replace(self, owner: str, record: R, *, expected_version: int, tag: str | None = None) -> bool:
         record_id, _ = _identity(record)
+        if not storable(owner, record_id):
+            return False
         params = (record.model_dump_json(), tag, owner, record_id, expected_version)
         return await self._execute(self._sql(_REPLACE), params) == 1
 
+    async def update(
+        self,
+        owner: str,
+        record_id: str,
+        changes: Mapping[str, Any],
+        *,
+        when_tags: Collection[str] | None = None,
+        tag: str | None = None,
+        fence: Fence | None = None,
+    ) -> Stored[R] | None:
+        if not storable(owner, record_id):
+            return None
+        data, params = _json_changes(changes)
+        when = ""
+        if when_tags is not None:
+            when = self._sql(_UPDATE_WHEN_TAGS, marks=", ".join("?" * len(when_tags)))
+        params += (tag, owner, record_id, *(when_tags or ()))
+        rows = await self._db.write_returning(self._sql(_UPDATE, data=data, when=when), params, fence)
+        return Stored(self._model.model_validate_json(rows[0][0]), int(rows[0][1])) if rows else None
+
     async def delete(self, owner: str, record_id: str) -> bool:
+        if not storable(owner, record_id):
+            return False
         return await self._execute(self._sql(_DELETE), (owner, record_id)) == 1
 
     async def list(
@@ -215,6 +295,8 @@ class SqliteTable(Generic[R]):
         order: Order = Order.desc,
         tag: str | None = None,
     ) -> Page[R]:
+        if not storable(owner, after):
+            return Page([], has_more=False)
         direction, cmp = ("DESC", "<") if order is Order.desc else ("ASC", ">")
         cursor_sql = self._sql(_CURSOR, cmp=cmp) if after is not None else ""
         params: tuple[Any, ...] = (owner, tag, tag)
@@ -257,14 +339,15 @@ class SqliteResultLog:
         async with self._db.write_lock:
             await conn.executescript(self._sql(_RESULTS_SCHEMA))
 
-    async def record(self, owner: str, results: Sequence[RequestResult]) -> None:
+    async def record(self, owner: str, results: Sequence[RequestResult], *, fence: Fence | None = None) -> None:
         rows = [
             (r.batch_id, r.line, owner, r.custom_id, int(r.ok), r.output, r.input_tokens, r.output_tokens,
              r.cached_tokens, r.reasoning_tokens)
             for r in results
         ]  # fmt: skip
-        if rows:
-            await self._db.write_many(self._sql(_RESULTS_INSERT), rows)
+        if rows or fence is not None:
+            async with self._db.transaction(fence) as conn:
+                await conn.executemany(self._sql(_RESULTS_INSERT), rows)
 
     async def done_lines(self, batch_id: str) -> set[int]:
         conn = await self._db.connection()
@@ -284,27 +367,3 @@ class SqliteResultLog:
 
     async def delete(self, batch_id: str) -> None:
         await self._db.write(self._sql(_RESULTS_DELETE), (batch_id,))
-
-
-class SqliteLeases:
-    """A :class:`~llama_batches.storage.base.Leases` in a SQLite table (one statement per operation)."""
-
-    def __init__(self, db: SqliteDatabase, name: str) -> None:
-        self._db = db
-        self._name = name
-
-    async def acquire(self, key: str, holder: str, ttl_s: float, now: float) -> bool:
-        sql = _LEASE_ACQUIRE.format(t=self._name)
-        return await self._db.write(sql, (key, holder, now + ttl_s, now, holder)) == 1
-
-    async def renew(self, key: str, holder: str, ttl_s: float, now: float) -> bool:
-        return await self._db.write(_LEASE_RENEW.format(t=self._name), (now + ttl_s, key, holder)) == 1
-
-    async def release(self, key: str, holder: str) -> None:
-        await self._db.write(_LEASE_RELEASE.format(t=self._name), (key, holder))
-
-    async def holder(self, key: str, now: float) -> str | None:
-        conn = await self._db.connection()
-        async with conn.execute(_LEASE_HOLDER.format(t=self._name), (key, now)) as cursor:
-            row = await cursor.fetchone()
-        return str(row[0]) if row is not None else None

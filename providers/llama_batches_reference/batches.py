@@ -19,7 +19,7 @@ from llama_batches.api import (
     Order,
     OutputExpiresAfter,
 )
-from llama_batches.errors import ConflictError, InvalidRequestError, RateLimitedError
+from llama_batches.errors import ConflictError, InvalidRequestError, RateLimitedError, quoted
 from llama_batches.idempotency import mark_replayed, one_key
 from llama_batches.principal import current_principal
 from llama_batches.storage import Leases, ResultLog, Table
@@ -35,8 +35,6 @@ from .validation import check_create, check_metadata
 __all__ = ["ReferenceBatchesImpl"]
 
 logger = logging.getLogger(__name__)
-
-_CANCELLABLE = frozenset({BatchStatus.validating, BatchStatus.in_progress, BatchStatus.finalizing})
 
 
 class ReferenceBatchesImpl:
@@ -156,8 +154,8 @@ class ReferenceBatchesImpl:
         existing = await self.store.get(owner, record.id)
         if existing.fingerprint != record.fingerprint:
             raise ConflictError(
-                f"Idempotency key '{key}' was already used to create batch {existing.id} with different parameters. "
-                "Use another key to create a different batch.",
+                f"Idempotency key {quoted(key or '')} was already used to create batch {existing.id} with different "
+                "parameters. Use another key to create a different batch.",
                 code="idempotency_key_reused",
                 param="idempotency_key",
             )
@@ -178,16 +176,10 @@ class ReferenceBatchesImpl:
 
     async def cancel_batch(self, batch_id: str) -> Batch:
         owner = current_principal()
-        now = int(self.parts.clock())
-
-        def change(current: BatchRecord) -> BatchRecord | None:
-            if current.status in _CANCELLABLE:
-                return current.updated(status=BatchStatus.cancelling.value, cancelling_at=now)
-            if current.status in (BatchStatus.cancelling, BatchStatus.cancelled):
-                return None
-            raise ConflictError(f"Cannot cancel a batch with status '{current.status.value}'.")
-
-        record, _ = await self.store.update(owner, batch_id, change)
+        moved = await self.store.transition(owner, batch_id, BatchStatus.cancelling, int(self.parts.clock()))
+        record = moved or await self.store.get(owner, batch_id)
+        if moved is None and record.status not in (BatchStatus.cancelling, BatchStatus.cancelled):
+            raise ConflictError(f"Cannot cancel a batch with status '{record.status.value}'.", param="batch_id")
         runner = self.scheduler.runners.get(batch_id)
         if runner is not None:
             runner.cancel_requested.set()

@@ -67,6 +67,27 @@ class ReferenceBatchesImplConfig(BaseModel):
     max_reported_errors: int = Field(
         default=1000, ge=1, description="Validation errors kept in a failed batch's errors list."
     )
+    max_reported_error_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="Bytes of error messages kept in a failed batch's errors list."
+    )
+    max_batch_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="Runs of one batch that may stop on an error (counted in the store, over every worker and "
+        "restart); after the last one the batch is failed with the reason, its partial results kept.",
+    )
+    batch_retry_initial_delay_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="Delay before a batch whose run stopped on an error runs again; doubles each time, with jitter.",
+    )
+    batch_retry_max_delay_s: float = Field(default=300.0, ge=0, description="Longest delay between runs of a batch.")
+    store_retry_timeout_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a failing checkpoint write is retried, dispatch paused meanwhile, before the run "
+        "stops on it (and is retried as a whole).",
+    )
 
     @field_validator("completion_windows")
     @classmethod

@@ -43,6 +43,8 @@ class BatchRecord(BaseModel):
     idempotency_key: str | None = None
     fingerprint: str | None = None
     output_expires_after: OutputExpiresAfter | None = None
+    last_error: str | None = None
+    """Why the last run of this batch stopped on an error (kept for the message of a batch that gives up)."""
 
     @property
     def status(self) -> BatchStatus:

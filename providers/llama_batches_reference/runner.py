@@ -1,36 +1,41 @@
-"""One batch's life after creation: validate, execute, finalize. Every step starts from what the store says, so a
-runner started after a crash picks up where the last one stopped.
+"""One run of one batch, under a lease: validate, execute, finalize. Every step starts from what the store says, so
+a run started after a crash picks up where the last one stopped, and every write carries the lease's fence, so a
+run whose lease passed to another worker cannot change the batch.
 
 validating -> (failed | in_progress) -> (finalizing -> completed | expired | cancelling -> cancelled)
+
+A run ends in one of three ways (:class:`RunOutcome`): the batch reached a terminal status (or is someone else's
+now); it failed for good (a permanent condition, or its ``max_batch_attempts``-th error: the batch is ``failed``
+with the reason, its partial results in its files); or it stopped on an error that another run may not meet, which
+the scheduler retries after a backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from contextlib import aclosing
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
-from llama_batches.api import BatchError, BatchStatus, Endpoint, ExpiresAfter, FilePurpose, Files, Models
+from llama_batches.api import BatchError, BatchStatus, Files, Models
 from llama_batches.api.batches import BatchErrors
-from llama_batches.errors import NotFoundError
 from llama_batches.principal import acting_as
-from llama_batches.storage import ResultLog, ResultTotals
+from llama_batches.storage import Fence, Lease, LeaseLost, ResultLog, ResultTotals
 
 from .config import ReferenceBatchesImplConfig
 from .dispatch import Dispatcher, StopReason
 from .executor import RequestExecutor
-from .lines import InputLine, InputTooLarge, iter_lines
-from .output import expired_line
-from .records import BatchRecord
-from .store import BatchStore, counts_from, usage_from
-from .validation import ParsedLine, parse_line
+from .failures import InvariantViolation, PermanentFailure, describe
+from .finish import Finisher
+from .records import ACTIVE_STATUSES, BatchRecord
+from .scan import scan
+from .store import BatchStore, counts_from
 
-__all__ = ["BatchRunner", "EngineParts"]
+__all__ = ["BatchRunner", "EngineParts", "RunOutcome"]
 
 logger = logging.getLogger(__name__)
-PAGE = 1000
+MAX_STEPS = 32  # a batch has at most five statuses ahead of it; more steps than this means none is taking
 
 
 @dataclass
@@ -47,223 +52,154 @@ class EngineParts:
     request_slots: asyncio.Semaphore
 
 
-class BatchRunner:
-    """Drives one batch to a terminal status."""
+class RunOutcome(StrEnum):
+    """How a run ended."""
 
-    def __init__(self, parts: EngineParts, owner: str, batch_id: str) -> None:
+    ended = "ended"
+    """The batch is terminal (this run ended it, or found it so), or it is no longer this run's to change."""
+    retry = "retry"
+    """The run stopped on an error; the batch runs again after a backoff."""
+
+
+class BatchRunner:
+    """Drives one batch towards a terminal status while holding ``lease``."""
+
+    def __init__(self, parts: EngineParts, owner: str, batch_id: str, lease: Lease, fence: Fence | None) -> None:
         self.parts = parts
         self.owner = owner
         self.batch_id = batch_id
+        self.lease = lease
+        self.fence = fence
         self.cancel_requested = asyncio.Event()
         self.dispatcher: Dispatcher | None = None
+        self.lease_lost = False
+        self.error: str | None = None
+        """Why the run stopped, when it stopped on an error."""
+        self._finisher = Finisher(parts, owner, fence)
 
     def _now(self) -> int:
         return int(self.parts.clock())
 
-    async def run(self) -> None:
-        """Take the batch through its remaining steps."""
+    async def run(self) -> RunOutcome:
+        """Take the batch through its remaining steps; see :class:`RunOutcome`. Raises LeaseLost when a write was
+        refused by the fence, and whatever failed while failing the batch (the scheduler retries that too)."""
+        attempts = self.parts.config.max_batch_attempts
         with acting_as(self.owner):
-            while True:
-                record = await self.parts.store.get(self.owner, self.batch_id)
-                status = record.status
-                if status in (BatchStatus.validating, BatchStatus.in_progress) and self._expired(record):
-                    await self._finish(record, BatchStatus.expired)
-                elif status is BatchStatus.validating:
-                    await self._validate(record)
-                elif status is BatchStatus.in_progress:
-                    await self._execute(record)
-                elif status is BatchStatus.finalizing:
-                    await self._finish(record, BatchStatus.completed)
-                elif status is BatchStatus.cancelling:
-                    await self._finish(record, BatchStatus.cancelled)
-                else:
-                    return
+            if self.lease.failures >= attempts:  # the last run failed while giving up, or died doing it
+                await self._give_up(None)
+                return RunOutcome.ended
+            try:
+                await self._steps()
+            except PermanentFailure as failure:
+                await self._give_up(BatchError(code=failure.code, message=failure.message, param=failure.param))
+            except (LeaseLost, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                return await self._stopped_on(exc)
+        return RunOutcome.ended
+
+    async def _stopped_on(self, exc: Exception) -> RunOutcome:
+        failures = self.lease.failures + 1
+        self.error = describe(exc)
+        attempts = self.parts.config.max_batch_attempts
+        logger.warning("batch %s stopped on an error (run %d of %d)", self.batch_id, failures, attempts, exc_info=exc)
+        if failures >= attempts:
+            await self._give_up(self._exhausted(failures, self.error))
+            return RunOutcome.ended
+        try:  # so that whoever gives up on the batch can say why
+            await self.parts.store.patch(
+                self.owner, self.batch_id, when=ACTIVE_STATUSES, fence=self.fence, record={"last_error": self.error}
+            )
+        except LeaseLost:
+            raise
+        except Exception as note_error:
+            logger.warning("could not note the error of batch %s: %s", self.batch_id, describe(note_error))
+        return RunOutcome.retry
+
+    def _exhausted(self, failures: int, reason: str | None) -> BatchError:
+        message = f"The batch stopped on an error {failures} times and was given up."
+        if reason:
+            message += f" The last error: {reason}"
+        return BatchError(code="execution_failed", message=message, param=None, line=None)
+
+    async def _give_up(self, error: BatchError | None) -> None:
+        """Fail the batch with ``error`` (None: its runs are used up, for the reason the store noted)."""
+        record = await self.parts.store.get(self.owner, self.batch_id)
+        if record.status not in ACTIVE_STATUSES:
+            return
+        if error is None:
+            error = self._exhausted(self.lease.failures, record.last_error)
+        logger.warning("batch %s fails: %s", self.batch_id, error.message)
+        await self._finisher.give_up(record, error)
+
+    async def _steps(self) -> None:
+        for _ in range(MAX_STEPS):
+            record = await self.parts.store.get(self.owner, self.batch_id)
+            status = record.status
+            if status in (BatchStatus.validating, BatchStatus.in_progress) and self._expired(record):
+                await self._finisher.finish(record, BatchStatus.expired)
+            elif status is BatchStatus.validating:
+                await self._validate(record)
+            elif status is BatchStatus.in_progress:
+                await self._execute(record)
+            elif status is BatchStatus.finalizing:
+                await self._finisher.finish(record, BatchStatus.completed)
+            elif status is BatchStatus.cancelling:
+                await self._finisher.finish(record, BatchStatus.cancelled)
+            else:
+                return
+        raise InvariantViolation(f"batch {self.batch_id} did not reach a terminal status in {MAX_STEPS} steps")
 
     def _expired(self, record: BatchRecord) -> bool:
         expires_at = record.batch.expires_at
         return expires_at is not None and self.parts.clock() >= expires_at
 
-    async def _transition(self, record: BatchRecord, source: BatchStatus, **changes: object) -> None:
-        def change(current: BatchRecord) -> BatchRecord | None:
-            return current.updated(**changes) if current.status is source else None
-
-        await self.parts.store.update(self.owner, record.id, change)
-
-    async def _fail(self, record: BatchRecord, errors: list[BatchError]) -> None:
-        await self._transition(
-            record,
-            BatchStatus.validating,
-            status=BatchStatus.failed.value,
-            failed_at=self._now(),
-            errors=BatchErrors(object="list", data=errors),
-        )
-
     async def _validate(self, record: BatchRecord) -> None:
-        file_id = record.batch.input_file_id
-        try:
-            total, model, errors = await self._scan(record)
-        except NotFoundError:
-            message = f"Cannot find file {file_id}, or you do not have access to it."
-            errors = [BatchError(code="invalid_request", message=message, param="input_file_id", line=None)]
-        except InputTooLarge:
-            limit = self.parts.config.max_input_bytes
-            message = f"The input file is larger than the limit of {limit} bytes."
-            errors = [BatchError(code="file_too_large", message=message, param="input_file_id", line=None)]
-        else:
-            if not errors and total == 0:
-                message = "The input file has no requests."
-                errors = [BatchError(code="empty_file", message=message, param="input_file_id", line=None)]
-        if errors:
-            await self._fail(record, errors)
-            return
-        await self._transition(
-            record,
-            BatchStatus.validating,
-            status=BatchStatus.in_progress.value,
-            in_progress_at=self._now(),
-            model=model,
-            request_counts=counts_from(total, ResultTotals()),
-        )
-
-    async def _scan(self, record: BatchRecord) -> tuple[int, str | None, list[BatchError]]:
-        """Stream the input once: count requests, collect per-line errors (bounded), note the model."""
-        endpoint = Endpoint(record.batch.endpoint)
-        errors: list[BatchError] = []
-        async with aclosing(await self._lines(record)) as lines:
-            return await self._scan_lines(lines, endpoint, errors)
-
-    async def _scan_lines(
-        self, lines: AsyncGenerator[InputLine], endpoint: Endpoint, errors: list[BatchError]
-    ) -> tuple[int, str | None, list[BatchError]]:
-        config = self.parts.config
-        seen_ids: set[str] = set()
-        known_models: dict[str, bool] = {}
-        total, model = 0, None
-        async for line in lines:
-            total += 1
-            if total > config.max_requests_per_batch:
-                message = f"The input file has more than {config.max_requests_per_batch} requests."
-                return total, model, [BatchError(code="too_many_requests", message=message, param="input_file_id")]
-            parsed = parse_line(line.number, line.data, endpoint, config.max_line_bytes)
-            if isinstance(parsed, ParsedLine):
-                model = model or parsed.model
-                parsed = await self._check_unique(parsed, seen_ids, known_models)
-            if isinstance(parsed, BatchError) and len(errors) < config.max_reported_errors:
-                errors.append(parsed)
-        return total, model, errors
-
-    async def _check_unique(
-        self, parsed: ParsedLine, seen_ids: set[str], known_models: dict[str, bool]
-    ) -> ParsedLine | BatchError:
-        if parsed.custom_id in seen_ids:
-            message = (
-                f"The custom_id '{parsed.custom_id}' for this request is a duplicate of another request. "
-                "The custom_id parameter must be unique for each request in a batch."
+        found = await scan(self.parts, record)
+        store, now = self.parts.store, self._now()
+        if found.errors:
+            errors = BatchErrors(object="list", data=found.errors)
+            await store.transition(
+                self.owner,
+                record.id,
+                BatchStatus.failed,
+                now,
+                source=BatchStatus.validating,
+                fence=self.fence,
+                errors=errors,
             )
-            return BatchError(code="duplicate_custom_id", message=message, param="custom_id", line=parsed.number)
-        seen_ids.add(parsed.custom_id)
-        if parsed.model not in known_models:
-            try:
-                await self.parts.models.get_model(parsed.model)
-                known_models[parsed.model] = True
-            except NotFoundError:
-                known_models[parsed.model] = False
-        if not known_models[parsed.model]:
-            message = f"The provided model '{parsed.model}' is not supported by the Batch API."
-            return BatchError(code="model_not_found", message=message, param="body.model", line=parsed.number)
-        return parsed
-
-    async def _lines(self, record: BatchRecord) -> AsyncGenerator[InputLine]:
-        config = self.parts.config
-        stream = await self.parts.files.openai_retrieve_file_content(record.batch.input_file_id)
-        return iter_lines(stream, max_line_bytes=config.max_line_bytes, max_bytes=config.max_input_bytes)
+            return
+        await store.transition(
+            self.owner,
+            record.id,
+            BatchStatus.in_progress,
+            now,
+            source=BatchStatus.validating,
+            fence=self.fence,
+            model=found.model,
+            request_counts=counts_from(found.total, ResultTotals()),
+        )
 
     async def _execute(self, record: BatchRecord) -> None:
-        dispatcher = Dispatcher(self.parts, self.owner, record, self.cancel_requested)
+        dispatcher = Dispatcher(self.parts, self.owner, record, self.cancel_requested, self.fence)
         self.dispatcher = dispatcher
         try:
             reason = await dispatcher.run()
         finally:
             self.dispatcher = None
         if reason is StopReason.done:
-            await self._transition(
-                record, BatchStatus.in_progress, status=BatchStatus.finalizing.value, finalizing_at=self._now()
+            totals = await self.parts.log.totals(record.id)
+            total = record.batch.request_counts.total if record.batch.request_counts else 0
+            if totals.completed + totals.failed != total:
+                raise InvariantViolation(f"{totals.completed + totals.failed} of {total} requests have a result")
+            await self.parts.store.transition(
+                self.owner,
+                record.id,
+                BatchStatus.finalizing,
+                self._now(),
+                source=BatchStatus.in_progress,
+                fence=self.fence,
             )
         elif reason is StopReason.expired:
-            await self._finish(await self.parts.store.get(self.owner, record.id), BatchStatus.expired)
-        # cancelled: the batch is `cancelling` in the store; run() finishes it
-
-    async def _finish(self, record: BatchRecord, final: BatchStatus) -> None:
-        """Write the output and error files from the checkpoints and enter the terminal status ``final``."""
-        source = record.status
-        totals = await self.parts.log.totals(record.id)
-        output_id = await self._upload(record, ok=True, with_unexecuted=False)
-        error_id = await self._upload(record, ok=False, with_unexecuted=final is BatchStatus.expired)
-        now = self._now()
-        stamp = {BatchStatus.completed: "completed_at", BatchStatus.expired: "expired_at"}.get(final, "cancelled_at")
-        total = record.batch.request_counts.total if record.batch.request_counts else 0
-        await self._transition(
-            record,
-            source,
-            status=final.value,
-            output_file_id=output_id,
-            error_file_id=error_id,
-            request_counts=counts_from(total, totals),
-            usage=usage_from(totals),
-            **{stamp: now},
-        )
-
-    async def _upload(self, record: BatchRecord, *, ok: bool, with_unexecuted: bool) -> str | None:
-        log = self.parts.log
-        unexecuted = self._unexecuted(record) if with_unexecuted else None
-        first = await log.read(record.id, ok=ok, limit=1)
-        head = await anext(unexecuted, None) if unexecuted is not None else None
-        if not first and head is None:
-            return None  # OpenAI creates a file only when it has lines
-        content = self._content(record.id, ok, head, unexecuted)
-        expires = record.output_expires_after
-        name = f"{record.id}_{'output' if ok else 'error'}.jsonl"
-        created = await self.parts.files.openai_upload_file(
-            content, FilePurpose.batch_output, name, ExpiresAfter(seconds=expires.seconds) if expires else None
-        )
-        return created.id
-
-    async def _content(
-        self, batch_id: str, ok: bool, head: bytes | None, unexecuted: AsyncIterator[bytes] | None
-    ) -> AsyncIterator[bytes]:
-        after = 0
-        while page := await self.parts.log.read(batch_id, ok=ok, after_line=after, limit=PAGE):
-            yield b"".join(result.output + b"\n" for result in page)
-            after = page[-1].line
-        if head is not None and unexecuted is not None:
-            yield head
-            async for chunk in unexecuted:
-                yield chunk
-
-    async def _unexecuted(self, record: BatchRecord) -> AsyncIterator[bytes]:
-        """``batch_expired`` error lines for the requests that never ran, in chunks."""
-        done = await self.parts.log.done_lines(record.id)
-        endpoint = Endpoint(record.batch.endpoint)
-        try:
-            lines = await self._lines(record)
-        except NotFoundError:
-            return
-        async with aclosing(lines):
-            async for chunk in self._expired_chunks(lines, done, endpoint):
-                yield chunk
-
-    async def _expired_chunks(
-        self, lines: AsyncGenerator[InputLine], done: set[int], endpoint: Endpoint
-    ) -> AsyncIterator[bytes]:
-        config = self.parts.config
-        chunk: list[bytes] = []
-        async for line in lines:
-            parsed = parse_line(line.number, line.data, endpoint, config.max_line_bytes)
-            if line.number in done or not isinstance(parsed, ParsedLine):
-                continue
-            chunk.append(expired_line(parsed.custom_id) + b"\n")
-            if len(chunk) >= PAGE:
-                yield b"".join(chunk)
-                chunk.clear()
-        if chunk:
-            yield b"".join(chunk)
+            await self._finisher.finish(await self.parts.store.get(self.owner, record.id), BatchStatus.expired)
+        # cancelled: the batch is `cancelling` in the store; the next step finishes it

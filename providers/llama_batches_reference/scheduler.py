@@ -2,8 +2,14 @@
 lease, renews it by heartbeat while it runs them, and releases it when done. A worker that dies stops renewing;
 its lease expires and another worker takes the batch over, resuming from its checkpoints.
 
-A worker claims no more batches than ``max_concurrent_batches``, so the others are left to other workers; a
-batch being cancelled is claimed whatever the count, since finishing it is quick.
+A lease carries an epoch (fencing token) and every write of a run is conditional on it, so a worker that lost its
+lease (paused, partitioned, or its renewal failed) cannot change the batch. A heartbeat that fails, raises or hangs
+stops its run within one heartbeat period.
+
+A run that stops on an error gives its lease back with a delay (exponential backoff with jitter) and one more
+failure counted on the lease row, which every worker sees; the run that meets the ``max_batch_attempts``-th error
+fails the batch. A worker claims no more batches than ``max_concurrent_batches``; a batch being cancelled is
+claimed whatever the count, since finishing it is quick.
 """
 
 from __future__ import annotations
@@ -11,20 +17,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import socket
 import uuid
 from collections.abc import Callable
 from contextlib import suppress
 
 from llama_batches.api import BatchStatus
-from llama_batches.storage import Leases
+from llama_batches.storage import Lease, LeaseLost, Leases
 
-from .records import ACTIVE_STATUSES
-from .runner import BatchRunner, EngineParts
+from .failures import describe
+from .runner import BatchRunner, EngineParts, RunOutcome
 
 __all__ = ["Scheduler", "worker_id"]
 
 logger = logging.getLogger(__name__)
+
+_RUNNABLE = sorted(s.value for s in (BatchStatus.validating, BatchStatus.in_progress, BatchStatus.finalizing))
+_CANCELLING = [BatchStatus.cancelling.value]
+CANCELLING_PER_CLAIM = 100
 
 
 def worker_id() -> str:
@@ -72,8 +83,8 @@ class Scheduler:
         while not self._stopping:
             try:
                 await self.claim()
-            except Exception:
-                logger.exception("worker %s could not look for batches; retrying", self.name)
+            except Exception as exc:
+                logger.warning("worker %s could not look for batches (%s); retrying", self.name, describe(exc))
             # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancel that races a wake-up
             with suppress(TimeoutError):
                 async with asyncio.timeout(config.poll_interval_s):
@@ -81,55 +92,74 @@ class Scheduler:
             self._wake.clear()
 
     async def claim(self) -> None:
-        """Claim the active batches this worker has room for, oldest first."""
-        config = self.parts.config
-        active = await self.parts.store.table.list_tagged([s.value for s in ACTIVE_STATUSES], limit=1000)
-        for owner, stored in active:
-            batch_id = stored.value.id
-            busy = len(self.runners) >= config.max_concurrent_batches
-            if batch_id in self.runners or (busy and stored.value.status is not BatchStatus.cancelling):
-                continue
-            if await self.leases.acquire(batch_id, self.name, config.lease_ttl_s, self._clock()):
-                self._start(owner, batch_id)
+        """Claim the active batches this worker has room for, oldest first, and every batch being cancelled."""
+        config, table = self.parts.config, self.parts.store.table
+        room = config.max_concurrent_batches - len(self.runners)
+        wanted = [(_CANCELLING, CANCELLING_PER_CLAIM)] + ([(_RUNNABLE, room)] if room > 0 else [])
+        for tags, limit in wanted:
+            claimed = await self.leases.claim(table, tags, self.name, config.lease_ttl_s, self._clock(), limit=limit)
+            for owner, lease in claimed:
+                self._start(owner, lease)
 
-    def _start(self, owner: str, batch_id: str) -> None:
-        runner = BatchRunner(self.parts, owner, batch_id)
-        self.runners[batch_id] = runner
-        task = asyncio.create_task(self._run(runner), name=f"batch {batch_id}")
+    def _start(self, owner: str, lease: Lease) -> None:
+        runner = BatchRunner(self.parts, owner, lease.key, lease, self.leases.fence(lease))
+        self.runners[lease.key] = runner
+        task = asyncio.create_task(self._run(runner), name=f"batch {lease.key}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, runner: BatchRunner) -> None:
-        logger.info("worker %s runs batch %s", self.name, runner.batch_id)
+        logger.info("worker %s runs batch %s (epoch %d)", self.name, runner.batch_id, runner.lease.epoch)
         work = asyncio.create_task(runner.run())
-        heartbeat = asyncio.create_task(self._heartbeat(runner.batch_id, work))
+        heartbeat = asyncio.create_task(self._heartbeat(runner, work))
+        failed = False
         try:
-            await work
+            failed = await work is RunOutcome.retry
         except asyncio.CancelledError:
-            if not work.cancelled() or heartbeat.done():
-                raise
-            logger.warning("worker %s lost the lease of batch %s; another worker has it", self.name, runner.batch_id)
-        except Exception:
-            logger.exception("batch %s stopped on an error; a worker picks it up again", runner.batch_id)
+            current = asyncio.current_task()
+            if not runner.lease_lost or (current is not None and current.cancelling()):
+                raise  # a stop
+        except LeaseLost:
+            logger.warning("worker %s lost batch %s: a write was refused by its fence", self.name, runner.batch_id)
+        except Exception as exc:
+            logger.warning("batch %s: failing it failed (%s); it runs again later", runner.batch_id, describe(exc))
+            failed = True
         finally:
             for task in (heartbeat, work):
                 task.cancel()
             await asyncio.gather(heartbeat, work, return_exceptions=True)
             self.runners.pop(runner.batch_id, None)
-            await self._release(runner.batch_id)
+            await self._release(runner.lease, failed)
 
-    async def _release(self, batch_id: str) -> None:
+    def retry_delay(self, failures: int) -> float:
+        """How long a batch waits after its ``failures``-th failed run: doubling from the initial delay, capped,
+        with jitter (between half and all of it) so that failed batches do not come back in step."""
+        config = self.parts.config
+        ceiling = min(config.batch_retry_max_delay_s, config.batch_retry_initial_delay_s * 2 ** (failures - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+    async def _release(self, lease: Lease, failed: bool) -> None:
+        until = self._clock() + self.retry_delay(lease.failures + 1) if failed else 0.0
         try:
-            await asyncio.shield(self.leases.release(batch_id, self.name))
-        except Exception:
-            logger.exception("could not release the lease of batch %s (it expires by itself)", batch_id)
+            await asyncio.shield(self.leases.release(lease, until=until, failed=failed))
+        except Exception as exc:
+            logger.warning("could not release batch %s (its lease expires by itself): %s", lease.key, describe(exc))
         self.wake()
 
-    async def _heartbeat(self, batch_id: str, work: asyncio.Task[None]) -> None:
-        """Renew the lease every third of its life; stop the work when it is lost."""
+    async def _heartbeat(self, runner: BatchRunner, work: asyncio.Task[RunOutcome]) -> None:
+        """Renew the lease every third of its life; stop the run when a renewal is refused, fails or hangs."""
         ttl = self.parts.config.lease_ttl_s
+        period = ttl / 3
         while not work.done():
-            await asyncio.sleep(ttl / 3)
-            if not await self.leases.renew(batch_id, self.name, ttl, self._clock()):
+            await asyncio.sleep(period)
+            try:
+                async with asyncio.timeout(period):
+                    kept = await self.leases.renew(runner.lease, ttl, self._clock())
+                problem = "" if kept else "another worker has it"
+            except Exception as exc:
+                kept, problem = False, f"its renewal failed: {describe(exc)}"
+            if not kept:
+                logger.warning("worker %s stops batch %s: %s", self.name, runner.batch_id, problem)
+                runner.lease_lost = True
                 work.cancel()
                 return

@@ -1,0 +1,118 @@
+"""PostgreSQL leases and fences: every SQL statement about leases that the PostgreSQL backend runs is in this module.
+
+A lease row is never deleted: releasing it clears its holder, so its epoch (the fencing token) only grows. A
+fenced write reads the epoch ``FOR SHARE`` inside its transaction: an acquisition (an ``UPDATE`` of that row) then
+waits until the write commits, and the new holder sees it. Acquisitions are conditional upserts, re-checked by
+PostgreSQL on the latest row version, so of concurrent acquirers exactly one wins.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .base import Fence, Lease, LeaseLost, Table, check_identifier, storable
+
+if TYPE_CHECKING:
+    from .postgres import PostgresDatabase
+
+__all__ = ["LEASES_SCHEMA", "PostgresLeases", "check_fence"]
+
+LEASES_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL, "
+    "epoch BIGINT NOT NULL DEFAULT 0, failures BIGINT NOT NULL DEFAULT 0)",
+    "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS epoch BIGINT NOT NULL DEFAULT 0",
+    "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS failures BIGINT NOT NULL DEFAULT 0",
+]
+_LEASE_TAKE = (
+    "INSERT INTO {t} (key, holder, expires_at, epoch) "
+    "SELECT key, $2::text, $3::float8, 1 FROM unnest($1::text[]) AS key ON CONFLICT (key) DO UPDATE "
+    "SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at, epoch = {t}.epoch + 1 "
+    "WHERE {t}.expires_at <= $4 RETURNING key, epoch, failures"
+)
+_LEASE_CANDIDATES = (
+    "SELECT b.owner, b.id FROM {table} b WHERE b.tag = ANY($1::text[]) "
+    "AND NOT EXISTS (SELECT 1 FROM {t} l WHERE l.key = b.id AND l.expires_at > $2) "
+    "ORDER BY b.created_at, b.seq LIMIT $3 FOR UPDATE OF b SKIP LOCKED"
+)
+_LEASE_RENEW = "UPDATE {t} SET expires_at = $1 WHERE key = $2 AND epoch = $3 AND holder = $4"
+_LEASE_RELEASE = (
+    "UPDATE {t} SET holder = '', expires_at = $1, failures = failures + $2 "
+    "WHERE key = $3 AND epoch = $4 AND holder = $5"
+)
+_LEASE_HOLDER = "SELECT holder FROM {t} WHERE key = $1 AND expires_at > $2 AND holder <> ''"
+_LEASE_CURRENT = "SELECT holder, epoch, failures FROM {t} WHERE key = $1"
+_FENCE_EPOCH = "SELECT epoch FROM {t} WHERE key = $1 FOR SHARE"
+
+
+async def check_fence(conn: Any, fence: Fence) -> None:
+    """Raise :class:`LeaseLost` unless ``fence``'s lease is still at its epoch. Call it inside the write's
+    transaction: the row stays share-locked until the commit, so the key cannot change hands in between."""
+    epoch = await conn.fetchval(_FENCE_EPOCH.format(t=check_identifier(fence.table)), fence.key)
+    if epoch is None or int(epoch) != fence.epoch:
+        raise LeaseLost(fence.key, fence.epoch)
+
+
+class PostgresLeases:
+    """A :class:`~llama_batches.storage.base.Leases` in PostgreSQL: one row per key, ``(holder, expires_at, epoch,
+    failures)``, the holder ``''`` once released."""
+
+    def __init__(self, db: PostgresDatabase, name: str) -> None:
+        self._db = db
+        self.name = check_identifier(name)
+
+    def _sql(self, template: str, **parts: str) -> str:
+        return template.format(t=self.name, **parts)
+
+    async def _take(
+        self, executor: Any, keys: Sequence[str], holder: str, ttl_s: float, now: float
+    ) -> dict[str, Lease]:
+        rows = await executor.fetch(self._sql(_LEASE_TAKE), list(keys), holder, now + ttl_s, now)
+        return {str(row[0]): Lease(str(row[0]), holder, int(row[1]), int(row[2])) for row in rows}
+
+    async def acquire(self, key: str, holder: str, ttl_s: float, now: float) -> Lease | None:
+        return (await self._take(await self._db.pool(), [key], holder, ttl_s, now)).get(key)
+
+    def _table_name(self, table: Table[Any]) -> str:
+        from .postgres import PostgresTable
+
+        if not isinstance(table, PostgresTable) or table.database is not self._db:
+            raise TypeError("a PostgreSQL lease table claims records of a table opened on the same PostgresDatabase")
+        return table.name
+
+    async def claim(
+        self, table: Table[Any], tags: Sequence[str], holder: str, ttl_s: float, now: float, *, limit: int
+    ) -> builtins.list[tuple[str, Lease]]:
+        sql = self._sql(_LEASE_CANDIDATES, table=self._table_name(table))
+        if not tags or limit <= 0:
+            return []
+        async with self._db.transaction() as conn:
+            owners: dict[str, str] = {}
+            for owner, key in await conn.fetch(sql, list(tags), now, limit):
+                owners.setdefault(str(key), str(owner))
+            taken = await self._take(conn, list(owners), holder, ttl_s, now)
+        return [(owner, taken[key]) for key, owner in owners.items() if key in taken]
+
+    async def renew(self, lease: Lease, ttl_s: float, now: float) -> bool:
+        args = (now + ttl_s, lease.key, lease.epoch, lease.holder)
+        return await self._db.execute(self._sql(_LEASE_RENEW), *args) == 1
+
+    async def release(self, lease: Lease, *, until: float = 0.0, failed: bool = False) -> None:
+        args = (until, int(failed), lease.key, lease.epoch, lease.holder)
+        await self._db.execute(self._sql(_LEASE_RELEASE), *args)
+
+    async def holder(self, key: str, now: float) -> str | None:
+        if not storable(key):
+            return None
+        rows = await self._db.fetch(self._sql(_LEASE_HOLDER), key, now)
+        return str(rows[0][0]) if rows else None
+
+    async def current(self, key: str) -> Lease | None:
+        if not storable(key):
+            return None
+        rows = await self._db.fetch(self._sql(_LEASE_CURRENT), key)
+        return Lease(key, str(rows[0][0]), int(rows[0][1]), int(rows[0][2])) if rows else None
+
+    def fence(self, lease: Lease) -> Fence:
+        return Fence(self.name, lease.key, lease.epoch)
