@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from llama_batches import Stack
-from llama_batches.api import TERMINAL_BATCH_STATUSES, Batch, FilePurpose, Inference
+from llama_batches.api import TERMINAL_BATCH_STATUSES, Batch, FilePurpose, Files, Inference
 from llama_batches.storage import TableFactory
 from llama_batches_reference.batches import ReferenceBatchesImpl
 from llama_batches_reference.config import ReferenceBatchesImplConfig
@@ -93,6 +93,7 @@ class Workers:
         log_faults: Faults | None = None,
         lease_faults: Faults | None = None,
         inference: Inference | None = None,
+        files: Files | None = None,
         clock: Callable[[], float] = time.time,
         **settings: Any,
     ) -> Worker:
@@ -104,7 +105,7 @@ class Workers:
         config = self.config.model_copy(update=settings)
         stack = self.stack
         engine = ReferenceBatchesImpl(
-            config, table, log, leases, stack.files, stack.models, inference or stack.inference, clock=clock
+            config, table, log, leases, files or stack.files, stack.models, inference or stack.inference, clock=clock
         )
         await engine.initialize()
         worker = Worker(engine, table, log, leases)

@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import builtins
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from llama_batches.api import Endpoint, Inference, RawResponse
+from llama_batches.api import Endpoint, Files, Inference, RawResponse
 from llama_batches.api.common import Order
+from llama_batches.api.files import ExpiresAfter, FileDeleted, FileObject, FilePurpose, ListFilesResponse
 from llama_batches.api.inference import ChatCompletion, Completion, CreateEmbeddingResponse
 from llama_batches.storage import (
     Fence,
@@ -36,6 +37,7 @@ __all__ = [
     "Accepted",
     "Fault",
     "Faults",
+    "FaultyFiles",
     "FaultyInference",
     "FaultyLeases",
     "FaultyResultLog",
@@ -273,3 +275,46 @@ class FaultyInference:
         if self.marker is not None and self.marker in body:
             raise self.error
         return await self.inner.raw_request(endpoint, model, body)
+
+
+class FaultyFiles:
+    """A :class:`~llama_batches.api.Files` whose uploads of ``purpose`` wait ``upload_delay_s`` first (a large
+    output file, a slow disk) as many times as ``slow_uploads`` says; everything else goes through."""
+
+    def __init__(self, inner: Files, *, purpose: FilePurpose, upload_delay_s: float, slow_uploads: int = 1) -> None:
+        self.inner = inner
+        self.purpose = purpose
+        self.upload_delay_s = upload_delay_s
+        self.slow_uploads = slow_uploads
+        self.slow_started = asyncio.Event()
+
+    async def openai_upload_file(
+        self,
+        file: AsyncIterable[bytes],
+        purpose: FilePurpose,
+        filename: str,
+        expires_after: ExpiresAfter | None = None,
+    ) -> FileObject:
+        if purpose is self.purpose and self.slow_uploads > 0:
+            self.slow_uploads -= 1
+            self.slow_started.set()
+            await asyncio.sleep(self.upload_delay_s)
+        return await self.inner.openai_upload_file(file, purpose, filename, expires_after)
+
+    async def openai_list_files(
+        self,
+        after: str | None = None,
+        limit: int = 10_000,
+        order: Order = Order.desc,
+        purpose: FilePurpose | None = None,
+    ) -> ListFilesResponse:
+        return await self.inner.openai_list_files(after, limit, order, purpose)
+
+    async def openai_retrieve_file(self, file_id: str) -> FileObject:
+        return await self.inner.openai_retrieve_file(file_id)
+
+    async def openai_retrieve_file_content(self, file_id: str) -> AsyncIterator[bytes]:
+        return await self.inner.openai_retrieve_file_content(file_id)
+
+    async def openai_delete_file(self, file_id: str) -> FileDeleted:
+        return await self.inner.openai_delete_file(file_id)

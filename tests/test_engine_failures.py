@@ -7,6 +7,7 @@ lease writes nothing."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,14 +16,14 @@ from typing import Any
 import pytest
 
 from llama_batches import Stack, build_stack
-from llama_batches.api import BatchStatus
+from llama_batches.api import BatchStatus, FilePurpose
 from llama_batches.storage import MemoryDatabase, SqliteDatabase, TableFactory
 from llama_batches.storage.config import PostgresBackendConfig
 
 from .conftest import openai_provider, run_config
 from .engine_harness import Workers, engine_config, requests
 from .fake_backend import FakeBackend
-from .faults import Fault, Faults, FaultyInference
+from .faults import Fault, Faults, FaultyFiles, FaultyInference
 
 WINDOW = 4
 
@@ -91,13 +92,20 @@ async def test_a_flush_that_fails_for_a_while_pauses_dispatch_and_keeps_every_re
 ) -> None:
     fake_backend.latency_s = 0.002
     faults = Faults(record=Fault(between=(2, 7)))
+    watched = FaultyInference(stack.inference)
     async with Workers.start(stack, db, engine_config(store_retry_timeout_s=10)) as workers:
-        worker = await workers.add(log_faults=faults, max_concurrent_requests_per_batch=WINDOW)
+        worker = await workers.add(log_faults=faults, inference=watched, max_concurrent_requests_per_batch=WINDOW)
         done = await workers.wait((await workers.create(requests(100))).id)
         results = await workers.results(done)
         lease = await worker.leases.current(done.id)
     assert done.status == BatchStatus.completed
     assert faults["record"].failed == 5
+    down, up = (
+        faults["record"].failed_at[0],
+        min(w.at for w in worker.log.accepted if w.at > faults["record"].failed_at[0]),
+    )
+    assert up - down > 0.05  # the retries took a while (backoff) ...
+    assert len([t for t in watched.started if down < t < up]) <= WINDOW  # ... and no more than a window started then
     once_each(results, 100)
     assert sorted(fake_backend.seen.values()) == [1] * 100  # no result lost, so nothing ran twice
     assert lease is not None and lease.failures == 0  # the run never stopped
@@ -118,7 +126,7 @@ async def test_a_store_that_stays_down_fails_the_batch_after_a_bounded_number_of
     assert done.errors is not None and done.errors.data
     [error] = done.errors.data
     assert error.code == "execution_failed"
-    assert error.message is not None and "3 times" in error.message and "InjectedFault" in error.message
+    assert error.message is not None and "after 3 failed runs" in error.message and "InjectedFault" in error.message
     assert lease is not None and (lease.epoch, lease.failures) == (attempts, attempts - 1)  # the last run gave up
     assert done.output_file_id is None  # nothing was ever stored, so there is nothing to keep
     # each run sends its window, and the requests that start while its first failing flush is under way; then
@@ -200,3 +208,90 @@ async def test_a_heartbeat_that_hangs_stops_the_run_within_one_period(stack: Sta
     (first, _), (second, _) = worker.leases.granted[:2]
     assert second - first < 2 * ttl / 3 + 0.2, f"the run went on {second - first:.2f}s with a hung heartbeat"
     assert batch.id == worker.leases.granted[1][1].key
+    assert worker.leases.granted[1][1].failures == 1  # a store that cannot be reached counts as a failed run
+
+
+async def test_a_slow_store_pauses_dispatch_so_few_results_wait_unrecorded(
+    stack: Stack, db: TableFactory, fake_backend: FakeBackend
+) -> None:
+    """A checkpoint write that is slow but does not fail: dispatch waits for it rather than piling up results that
+    a crash would lose. Answered but not stored, at any moment: fewer than max_unrecorded_results plus the window."""
+    fake_backend.latency_s = 0.002
+    async with Workers.start(stack, db, engine_config()) as workers:
+        worker = await workers.add(
+            log_faults=Faults(record=Fault(delay_s=0.3)),
+            max_concurrent_requests_per_batch=WINDOW,
+            max_unrecorded_results=WINDOW,
+        )
+        batch = await workers.create(requests(120))
+        gaps = []
+        async with asyncio.timeout(60):
+            while (await worker.engine.retrieve_batch(batch.id)).status == BatchStatus.validating:
+                await asyncio.sleep(0.01)
+            while (await worker.engine.retrieve_batch(batch.id)).status == BatchStatus.in_progress:
+                gaps.append(fake_backend.succeeded - sum(len(write.lines) for write in worker.log.accepted))
+                await asyncio.sleep(0.05)
+        done = await workers.wait(batch.id)
+    assert done.status == BatchStatus.completed
+    assert gaps and max(gaps) < 2 * WINDOW, gaps
+
+
+async def test_a_cancel_after_the_last_line_was_queued_cancels_without_counting_a_failed_run(
+    stack: Stack, fake_backend: FakeBackend
+) -> None:
+    fake_backend.latency_s = 0.5
+    config = engine_config(max_batch_attempts=1)  # a run counted as failed would end the batch `failed`
+    async with Workers.start(stack, MemoryDatabase(), config) as workers:
+        worker = await workers.add(max_concurrent_requests_per_batch=WINDOW)
+        batch = await workers.create(requests(2 * WINDOW))
+        async with asyncio.timeout(10):
+            while fake_backend.requests.get("/v1/chat/completions", 0) < WINDOW:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # the reader has queued every line: a window in flight, a window queued
+        await worker.engine.cancel_batch(batch.id)
+        done = await workers.wait(batch.id)
+        lease = await worker.leases.current(batch.id)
+    assert done.status == BatchStatus.cancelled
+    assert lease is not None and lease.failures == 0
+    assert fake_backend.requests["/v1/chat/completions"] == WINDOW  # the queued window was never sent
+
+
+async def test_files_written_under_a_lease_that_passed_on_are_deleted(stack: Stack, fake_backend: FakeBackend) -> None:
+    """Worker A's output upload is slow; worker B (its clock ahead) takes the batch over and finishes it. A's
+    finishing write is refused by the fence, and A deletes the file it had uploaded: one output file remains."""
+    slow = FaultyFiles(stack.files, purpose=FilePurpose.batch_output, upload_delay_s=1.0)
+    async with Workers.start(stack, MemoryDatabase(), engine_config()) as workers:
+        a = await workers.add(files=slow, lease_ttl_s=30)
+        batch = await workers.create(requests(3))
+        async with asyncio.timeout(10):
+            await slow.slow_started.wait()
+        await workers.add(clock=lambda: time.time() + 100)  # sees A's lease as expired
+        done = await workers.wait(batch.id)
+        async with asyncio.timeout(10):
+            while not a.log.refused and len(a.engine.scheduler.runners):
+                await asyncio.sleep(0.02)
+            while len(a.engine.scheduler.runners):
+                await asyncio.sleep(0.02)
+        listed = await stack.files.openai_list_files(purpose=FilePurpose.batch_output)
+    assert done.status == BatchStatus.completed
+    assert [f.id for f in listed.data] == [done.output_file_id]
+
+
+async def test_a_run_still_finishing_after_its_lease_passed_on_does_not_hide_the_new_run(
+    stack: Stack, fake_backend: FakeBackend
+) -> None:
+    """The heartbeat stops a run whose last checkpoint write outlasts the lease; the same worker claims the batch
+    again meanwhile. When the old run ends, the new one must still count as running here."""
+    fake_backend.latency_s = 0.01
+    async with Workers.start(stack, MemoryDatabase(), engine_config(lease_ttl_s=0.6)) as workers:
+        worker = await workers.add(
+            log_faults=Faults(record=Fault(delay_s=1.5)),
+            lease_faults=Faults(renew=Fault(calls={1})),
+            max_concurrent_requests_per_batch=2,
+        )
+        batch = await workers.create(requests(400))
+        async with asyncio.timeout(10):
+            while len(worker.leases.granted) < 2:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(1.5)  # the first run has ended by now
+        assert batch.id in worker.engine.scheduler.runners

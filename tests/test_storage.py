@@ -210,10 +210,10 @@ async def test_sqlite_lease_table_of_the_old_schema_is_migrated(tmp_path: Path) 
         assert await leases.holder("b1", now=100) == "w1"
         assert await leases.acquire("b1", "w2", 10, now=100) is None
         lease = await leases.acquire("b1", "w2", 10, now=150)
-        assert lease == Lease("b1", "w2", epoch=1)
+        assert lease == Lease("b1", "w2", epoch=1, failures=1)  # w1 never released it
         await leases.release(lease, failed=True)
         again = await db.leases("leases")
-        assert await again.current("b1") == Lease("b1", "", epoch=1, failures=1)
+        assert await again.current("b1") == Lease("b1", "", epoch=1, failures=2)
         conn = await db.connection()
         async with conn.execute("SELECT name FROM pragma_table_info('leases')") as cursor:
             columns = [str(row[0]) for row in await cursor.fetchall()]
@@ -247,7 +247,7 @@ async def test_sqlite_fences_hold_across_connections_to_one_file(tmp_path: Path)
             await conn.execute("UPDATE batches SET tag = 'fenced' WHERE id = 'b1'")
         async with asyncio.timeout(10):
             third = await takeover
-        assert third == Lease("b1", "w3", epoch=3)
+        assert third == Lease("b1", "w3", epoch=3, failures=2)  # w1 and w2 never released it
         second_table = await second_db.table("batches", Note)
         assert [n.id for n in (await second_table.list("alice", tag="fenced")).items] == ["b1"]
     finally:
@@ -315,6 +315,27 @@ async def _wait_for_lock_waiters(db: PostgresDatabase, count: int) -> None:
 
 
 @pytest.mark.postgres
+async def test_postgres_opening_a_current_lease_table_takes_no_table_lock(
+    postgres: dict[str, Any], postgres_db: PostgresDatabase
+) -> None:
+    """A process starting while a worker's fenced write holds a lease row must not queue behind it (ALTER TABLE
+    would, even with IF NOT EXISTS), or every worker's renewals queue behind the start."""
+    name = f"t{uuid.uuid4().hex[:10]}_leases"
+    leases = await postgres_db.leases(name)
+    assert await leases.acquire("b1", "w1", 10, now=100) is not None
+    blocker = await _connect(postgres)
+    try:
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute(f"SELECT epoch FROM {name} WHERE key = 'b1' FOR SHARE")
+        async with asyncio.timeout(2):
+            await postgres_db.leases(name)
+        await transaction.rollback()
+    finally:
+        await blocker.close()
+
+
+@pytest.mark.postgres
 async def test_postgres_lease_table_of_the_old_schema_is_migrated(
     postgres: dict[str, Any], postgres_db: PostgresDatabase
 ) -> None:
@@ -328,10 +349,10 @@ async def test_postgres_lease_table_of_the_old_schema_is_migrated(
     leases = await postgres_db.leases(name)
     assert await leases.current("b1") == Lease("b1", "w1", epoch=0)
     lease = await leases.acquire("b1", "w2", 10, now=150)
-    assert lease == Lease("b1", "w2", epoch=1)
+    assert lease == Lease("b1", "w2", epoch=1, failures=1)  # w1 never released it
     await leases.release(lease, failed=True)
     again = await postgres_db.leases(name)
-    assert await again.current("b1") == Lease("b1", "", epoch=1, failures=1)
+    assert await again.current("b1") == Lease("b1", "", epoch=1, failures=2)
 
 
 @pytest.mark.postgres
@@ -361,7 +382,7 @@ async def test_postgres_acquisition_waits_for_a_fenced_record_in_progress(
             await record
     finally:
         await blocker.close()
-    assert second == Lease("b1", "w2", epoch=2)
+    assert second == Lease("b1", "w2", epoch=2, failures=1)
     assert await log.done_lines("b1") == {1, 2}
     assert (await log.read("b1", ok=True))[0].custom_id == "req-1"
     with pytest.raises(LeaseLost):
@@ -369,14 +390,16 @@ async def test_postgres_acquisition_waits_for_a_fenced_record_in_progress(
 
 
 @pytest.mark.postgres
-async def test_postgres_fenced_update_racing_a_claim_neither_deadlocks_nor_writes_late(
+async def test_postgres_claim_passes_over_a_lease_row_a_fenced_write_holds_then_takes_it(
     postgres: dict[str, Any], postgres_db: PostgresDatabase
 ) -> None:
-    """A claim locks the record's row, then waits for the lease row (share-locked by a record in progress); a
-    fenced update of that record must not take the lease's share lock before the row lock, or the two deadlock."""
+    """A claim does not wait for the lease row of an expired holder's fenced write still open (a paused or cut-off
+    worker may hold it for as long as its connection lives): it passes over that batch, and takes it at the next
+    claim once the write is done; the old holder's writes are refused from then on."""
     prefix = f"t{uuid.uuid4().hex[:10]}_"
     table, leases = await postgres_db.table(prefix + "batches", Note), await postgres_db.leases(prefix + "leases")
     await table.insert("alice", Note(id="b1", created_at=1), tag="in_progress")
+    await table.insert("alice", Note(id="b2", created_at=2), tag="in_progress")
     first = await leases.acquire("b1", "w1", 10, now=100)
     assert first is not None
     blocker = await _connect(postgres)
@@ -384,17 +407,17 @@ async def test_postgres_fenced_update_racing_a_claim_neither_deadlocks_nor_write
         transaction = blocker.transaction()
         await transaction.start()
         await blocker.execute(f"SELECT epoch FROM {prefix}leases WHERE key = 'b1' FOR SHARE")
-        claim = asyncio.create_task(leases.claim(table, ["in_progress"], "w2", 10, now=200, limit=5))
-        await _wait_for_lock_waiters(postgres_db, 1)
-        update = asyncio.create_task(table.update("alice", "b1", {"text": "late"}, fence=leases.fence(first)))
-        await _wait_for_lock_waiters(postgres_db, 2)
+        async with asyncio.timeout(1):
+            passed = await leases.claim(table, ["in_progress"], "w2", 10, now=200, limit=5)
+        assert [lease.key for _, lease in passed] == ["b2"]
+        written = await table.update("alice", "b1", {"text": "w1"}, fence=leases.fence(first))
+        assert written is not None  # w1 is still the holder: nobody took b1
         await transaction.commit()
-        async with asyncio.timeout(10):
-            claimed = await claim
-            with pytest.raises(LeaseLost):
-                await update
     finally:
         await blocker.close()
-    assert [(owner, lease) for owner, lease in claimed] == [("alice", Lease("b1", "w2", epoch=2))]
+    claimed = await leases.claim(table, ["in_progress"], "w3", 10, now=205, limit=5)  # b2 is still w2's
+    assert [(owner, lease) for owner, lease in claimed] == [("alice", Lease("b1", "w3", epoch=2, failures=1))]
+    with pytest.raises(LeaseLost):
+        await table.update("alice", "b1", {"text": "late"}, fence=leases.fence(first))
     stored = await table.get("alice", "b1")
-    assert stored is not None and (stored.value.text, stored.version) == ("", 1)
+    assert stored is not None and stored.value.text == "w1"

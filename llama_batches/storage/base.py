@@ -188,8 +188,9 @@ class LeaseLost(LlamaBatchesError):
 @dataclass(frozen=True, slots=True)
 class Lease:
     """A holder's claim on a key. ``epoch`` is the fencing token: it grows by one with every acquisition of the key,
-    so a holder that lost the key can be told from the one that has it. ``failures`` counts the failed runs recorded
-    by :meth:`Leases.release` over the key's whole life (every holder sees it)."""
+    so a holder that lost the key can be told from the one that has it. ``failures`` counts, over the key's whole
+    life (every holder sees it), the failed runs recorded by :meth:`Leases.release` and the holders that never
+    released it (they died holding it: their lease expired and the key was taken over)."""
 
     key: str
     holder: str
@@ -214,7 +215,8 @@ class Leases(Protocol):
 
     async def acquire(self, key: str, holder: str, ttl_s: float, now: float) -> Lease | None:
         """Take ``key`` for ``ttl_s`` if it is free: never held, released, or its lease (or release delay) ended by
-        ``now``. The lease returned has the next epoch; None when the key is held."""
+        ``now``. The lease returned has the next epoch, and one more failure when its last holder never released
+        it; None when the key is held."""
         ...
 
     async def claim(

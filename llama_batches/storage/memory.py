@@ -260,7 +260,8 @@ class MemoryLeases:
         if row is not None and row.expires_at > now:
             return None
         if row is None:
-            row = self._rows[key] = _LeaseRow(holder, now + ttl_s, 0, 0)
+            row = self._rows[key] = _LeaseRow("", now + ttl_s, 0, 0)
+        row.failures += bool(row.holder)  # its holder never released it: it died holding it
         row.holder, row.expires_at, row.epoch = holder, now + ttl_s, row.epoch + 1
         return Lease(key, holder, row.epoch, row.failures)
 

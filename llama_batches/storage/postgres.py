@@ -149,6 +149,19 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
+COMMAND_TIMEOUT_S = 60.0
+"""No statement of ours runs this long: one that does is stuck (a lost server), and raising frees its caller."""
+_SESSION_SETTINGS = {
+    # a worker paused or cut off inside a transaction must not hold its locks (a lease row) for the hours that TCP
+    # takes by default to notice: the server ends the session after a minute idle in a transaction, or ~1 minute
+    # of silence on the connection
+    "idle_in_transaction_session_timeout": "60000",
+    "tcp_keepalives_idle": "30",
+    "tcp_keepalives_interval": "10",
+    "tcp_keepalives_count": "3",
+}
+
+
 class PostgresDatabase:
     """A PostgreSQL database shared by the tables opened on it."""
 
@@ -173,6 +186,8 @@ class PostgresDatabase:
                 password=self.config.password,
                 min_size=1,
                 max_size=self.config.pool_size,
+                command_timeout=COMMAND_TIMEOUT_S,
+                server_settings=_SESSION_SETTINGS,
             )
         return self._pool
 

@@ -22,15 +22,28 @@ __all__ = ["LEASES_SCHEMA", "PostgresLeases", "check_fence"]
 LEASES_SCHEMA = [
     "CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL, "
     "epoch BIGINT NOT NULL DEFAULT 0, failures BIGINT NOT NULL DEFAULT 0)",
-    "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS epoch BIGINT NOT NULL DEFAULT 0",
-    "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS failures BIGINT NOT NULL DEFAULT 0",
+    # ALTER TABLE takes an ACCESS EXCLUSIVE lock even when the column exists, queueing every lease statement of
+    # every worker behind any open fenced write: alter only a table that lacks the column
+    *(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '{t}'::regclass "
+        f"AND attname = '{column}' AND NOT attisdropped) THEN "
+        f"ALTER TABLE {{t}} ADD COLUMN {column} BIGINT NOT NULL DEFAULT 0; END IF; END $$"
+        for column in ("epoch", "failures")
+    ),
 ]
 _LEASE_TAKE = (
     "INSERT INTO {t} (key, holder, expires_at, epoch) "
     "SELECT key, $2::text, $3::float8, 1 FROM unnest($1::text[]) AS key ON CONFLICT (key) DO UPDATE "
-    "SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at, epoch = {t}.epoch + 1 "
+    "SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at, epoch = {t}.epoch + 1, "
+    "failures = {t}.failures + (CASE WHEN {t}.holder <> '' THEN 1 ELSE 0 END) "
     "WHERE {t}.expires_at <= $4 RETURNING key, epoch, failures"
 )
+# lease rows of the candidates, each locked unless another transaction holds it (a fenced write of the expired
+# holder, still open): such a key is left out rather than waited for
+_LEASE_EXISTING = "SELECT key FROM {t} WHERE key = ANY($1::text[])"
+# a claim never waits long on a lock (a paused or partitioned worker's transaction): it fails and the next poll retries
+_LOCK_TIMEOUT = "SET LOCAL lock_timeout = '2s'"
+_LEASE_LOCKABLE = "SELECT key FROM {t} WHERE key = ANY($1::text[]) FOR UPDATE SKIP LOCKED"
 _LEASE_CANDIDATES = (
     "SELECT b.owner, b.id FROM {table} b WHERE b.tag = ANY($1::text[]) "
     "AND NOT EXISTS (SELECT 1 FROM {t} l WHERE l.key = b.id AND l.expires_at > $2) "
@@ -88,10 +101,11 @@ class PostgresLeases:
         if not tags or limit <= 0:
             return []
         async with self._db.transaction() as conn:
+            await conn.execute(_LOCK_TIMEOUT)
             owners: dict[str, str] = {}
             for owner, key in await conn.fetch(sql, list(tags), now, limit):
                 owners.setdefault(str(key), str(owner))
-            taken = await self._take(conn, list(owners), holder, ttl_s, now)
+            taken = await self._take(conn, await self._free_rows(conn, list(owners)), holder, ttl_s, now)
         return [(owner, taken[key]) for key, owner in owners.items() if key in taken]
 
     async def renew(self, lease: Lease, ttl_s: float, now: float) -> bool:
@@ -113,6 +127,13 @@ class PostgresLeases:
             return None
         rows = await self._db.fetch(self._sql(_LEASE_CURRENT), key)
         return Lease(key, str(rows[0][0]), int(rows[0][1]), int(rows[0][2])) if rows else None
+
+    async def _free_rows(self, conn: Any, keys: list[str]) -> list[str]:
+        """``keys`` less those whose lease row another transaction has locked (the expired holder's fenced write,
+        still open), which the upsert would wait for; the others' rows stay locked until the claim commits."""
+        existing = {str(row[0]) for row in await conn.fetch(self._sql(_LEASE_EXISTING), keys)}
+        lockable = {str(row[0]) for row in await conn.fetch(self._sql(_LEASE_LOCKABLE), keys)}
+        return [key for key in keys if key in lockable or key not in existing]
 
     def fence(self, lease: Lease) -> Fence:
         return Fence(self.name, lease.key, lease.epoch)

@@ -204,11 +204,11 @@ class SqliteDatabase:
                 if fence is not None:
                     await check_fence(conn, fence)
                 yield conn
+                await conn.execute("COMMIT")  # inside: a failed COMMIT must not leave the transaction open
             except BaseException:
                 with suppress(sqlite3.OperationalError):
                     await conn.execute("ROLLBACK")
                 raise
-            await conn.execute("COMMIT")
 
     async def close(self) -> None:
         """Close the connection."""

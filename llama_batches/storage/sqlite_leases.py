@@ -29,7 +29,8 @@ _LEASE_COLUMNS = "SELECT name FROM pragma_table_info(?)"
 _LEASE_ADD_COLUMN = "ALTER TABLE {t} ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0"
 _LEASE_TAKE = (
     "INSERT INTO {t} (key, holder, expires_at, epoch) VALUES (?, ?, ?, 1) ON CONFLICT (key) DO UPDATE "
-    "SET holder = excluded.holder, expires_at = excluded.expires_at, epoch = {t}.epoch + 1 "
+    "SET holder = excluded.holder, expires_at = excluded.expires_at, epoch = {t}.epoch + 1, "
+    "failures = {t}.failures + ({t}.holder <> '') "
     "WHERE {t}.expires_at <= ? RETURNING epoch, failures"
 )
 _LEASE_CANDIDATES = (

@@ -1,10 +1,12 @@
 """Group commit of finished requests: results are written in one transaction per flush, and a flush starts as soon
 as the previous one ends, so the store sees a handful of commits per second per batch instead of one per request.
 
-A result counts (in the batch's progress) only once it is stored. A flush that fails is retried with backoff for up
-to ``store_retry_timeout_s`` while dispatch pauses (:meth:`Checkpointer.ready` blocks the workers), so a store that
-hiccups costs a pause, not results; one that stays down stops the run, losing only the requests in flight. A flush
-refused by the lease's fence is never retried: another worker has the batch."""
+A result counts (in the batch's progress) only once it is stored. Dispatch pauses (:meth:`Checkpointer.ready` blocks
+the workers) while ``max_pending`` results are not yet stored (waiting or being written), so however slow the
+store, the results not yet stored and the requests in flight are fewer than ``max_pending`` plus the window. A
+flush that fails is retried with backoff for up to ``store_retry_timeout_s``, dispatch paused meanwhile, so a store
+that hiccups costs a pause, not results; one that stays down stops the run, losing only those. A flush refused by
+the lease's fence is never retried: another worker has the batch."""
 
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ class Checkpointer:
         fence: Fence | None,
         *,
         retry_timeout_s: float,
+        max_pending: int,
         on_flush: Callable[[Sequence[RequestResult]], Awaitable[None]] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -47,12 +50,16 @@ class Checkpointer:
         self._owner = owner
         self._fence = fence
         self._retry_timeout_s = retry_timeout_s
+        self._max_pending = max_pending
         self._on_flush = on_flush
         self._sleep = sleep
         self._pending: list[RequestResult] = []
         self._task: asyncio.Task[None] | None = None
         self._healthy = asyncio.Event()
         self._healthy.set()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._flushing: list[RequestResult] = []
         self._hurry = asyncio.Event()
         self._error: BaseException | None = None
 
@@ -61,15 +68,24 @@ class Checkpointer:
         if self._error is not None:
             raise self._error
         self._pending.append(result)
+        self._check_room()
         if self._task is None:
             self._task = asyncio.create_task(self._drain(), name="checkpoint flush")
 
     async def ready(self) -> None:
         """Return when the store takes writes (at once, unless a flush is failing); raises what made flushing give
-        up. Workers call it before each request, so dispatch pauses while results cannot be stored."""
+        up. Workers call it before each request, so dispatch pauses while results cannot be stored, or wait in
+        numbers for a slow store."""
+        await self._room.wait()
         await self._healthy.wait()
         if self._error is not None:
             raise self._error
+
+    def _check_room(self) -> None:
+        if len(self._pending) + len(self._flushing) >= self._max_pending:
+            self._room.clear()
+        else:
+            self._room.set()
 
     def stop_retrying(self) -> None:
         """The run is stopping: a failing flush gets no more attempts after the one under way."""
@@ -85,11 +101,14 @@ class Checkpointer:
     async def _drain(self) -> None:
         try:
             while self._pending:
-                batch, self._pending = self._pending, []
-                await self._flush(batch)
+                self._flushing, self._pending = self._pending, []
+                await self._flush(self._flushing)
+                self._flushing = []
+                self._check_room()
         except BaseException as exc:
             self._error = exc
             self._healthy.set()  # wake the paused workers: ready() raises now
+            self._room.set()
             if isinstance(exc, asyncio.CancelledError):
                 raise
         finally:

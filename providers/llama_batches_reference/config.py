@@ -82,6 +82,12 @@ class ReferenceBatchesImplConfig(BaseModel):
         description="Delay before a batch whose run stopped on an error runs again; doubles each time, with jitter.",
     )
     batch_retry_max_delay_s: float = Field(default=300.0, ge=0, description="Longest delay between runs of a batch.")
+    max_unrecorded_results: int = Field(
+        default=256,
+        ge=1,
+        description="Results of one batch waiting to be stored (or being stored) before dispatch pauses for the "
+        "store. With the window, it bounds what a crash or a store that stays down makes run again.",
+    )
     store_retry_timeout_s: float = Field(
         default=60.0,
         ge=0,

@@ -99,6 +99,7 @@ class Dispatcher:
             self.owner,
             self.fence,
             retry_timeout_s=parts.config.store_retry_timeout_s,
+            max_pending=parts.config.max_unrecorded_results,
             on_flush=self._acknowledge,
         )
         try:
@@ -124,6 +125,8 @@ class Dispatcher:
                     await self._close_queue(drop=reason is not StopReason.done)
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None
+        if reason is StopReason.done and self.cancel_requested.is_set():
+            return StopReason.cancelled  # a cancel after the last line was queued: the workers dropped the rest
         return reason
 
     async def _read(self, done: set[int]) -> StopReason:

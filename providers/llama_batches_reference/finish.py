@@ -60,7 +60,8 @@ class Finisher:
         await self._enter(record, final, files, totals)
 
     async def give_up(self, record: BatchRecord, error: BatchError) -> None:
-        """Fail the batch with ``error``, keeping its partial results in its files when they can be written."""
+        """End the batch with ``error``, keeping its partial results in its files when they can be written: it is
+        ``failed``, or ``cancelled`` when it was being cancelled (what its owner asked for, without its last step)."""
         totals = await self.parts.log.totals(record.id)
         try:
             files = await self._files(record, _Written(), with_unexecuted=False)
@@ -72,7 +73,8 @@ class Finisher:
             error = error.model_copy(update={"message": (error.message or "") + note})
             files = (None, None)
         errors = BatchErrors(object="list", data=[error])
-        await self._enter(record, BatchStatus.failed, files, totals, errors=errors)
+        final = BatchStatus.cancelled if record.status is BatchStatus.cancelling else BatchStatus.failed
+        await self._enter(record, final, files, totals, errors=errors)
 
     async def _enter(
         self,
@@ -82,7 +84,23 @@ class Finisher:
         totals: ResultTotals,
         **more: Any,
     ) -> None:
-        moved = await self.parts.store.transition(
+        try:
+            moved = await self._transition(record, final, files, totals, **more)
+        except LeaseLost:  # refused, so nothing refers to the files: another worker writes its own
+            await self._discard(files)
+            raise
+        if moved is None:  # the batch changed meanwhile (a cancel); the runner starts over from what is stored
+            await self._discard(files)
+
+    async def _transition(
+        self,
+        record: BatchRecord,
+        final: BatchStatus,
+        files: tuple[str | None, str | None],
+        totals: ResultTotals,
+        **more: Any,
+    ) -> BatchRecord | None:
+        return await self.parts.store.transition(
             self.owner,
             record.id,
             final,
@@ -95,8 +113,6 @@ class Finisher:
             usage=usage_from(totals),
             **more,
         )
-        if moved is None:  # the batch changed meanwhile (a cancel); the runner starts over from what is stored
-            await self._discard(files)
 
     async def _files(
         self, record: BatchRecord, written: _Written, *, with_unexecuted: bool

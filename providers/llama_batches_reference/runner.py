@@ -61,6 +61,15 @@ class RunOutcome(StrEnum):
     """The run stopped on an error; the batch runs again after a backoff."""
 
 
+class Stop(StrEnum):
+    """Why the heartbeat stopped a run."""
+
+    lease_taken = "lease_taken"
+    """Another worker holds the batch now."""
+    renewal_failed = "renewal_failed"
+    """The renewal raised or hung: the store cannot be reached (counted as a failed run)."""
+
+
 class BatchRunner:
     """Drives one batch towards a terminal status while holding ``lease``."""
 
@@ -72,7 +81,8 @@ class BatchRunner:
         self.fence = fence
         self.cancel_requested = asyncio.Event()
         self.dispatcher: Dispatcher | None = None
-        self.lease_lost = False
+        self.stopped_by: Stop | None = None
+        """Set by the heartbeat when it stops this run."""
         self.error: str | None = None
         """Why the run stopped, when it stopped on an error."""
         self._finisher = Finisher(parts, owner, fence)
@@ -85,7 +95,7 @@ class BatchRunner:
         refused by the fence, and whatever failed while failing the batch (the scheduler retries that too)."""
         attempts = self.parts.config.max_batch_attempts
         with acting_as(self.owner):
-            if self.lease.failures >= attempts:  # the last run failed while giving up, or died doing it
+            if self.lease.failures >= attempts:  # runs failed, or their workers died holding the batch
                 await self._give_up(None)
                 return RunOutcome.ended
             try:
@@ -117,7 +127,10 @@ class BatchRunner:
         return RunOutcome.retry
 
     def _exhausted(self, failures: int, reason: str | None) -> BatchError:
-        message = f"The batch stopped on an error {failures} times and was given up."
+        message = (
+            f"The batch was given up after {failures} failed runs (runs that stopped on an error, or whose "
+            "worker died or lost the store while running it)."
+        )
         if reason:
             message += f" The last error: {reason}"
         return BatchError(code="execution_failed", message=message, param=None, line=None)

@@ -27,7 +27,7 @@ from llama_batches.api import BatchStatus
 from llama_batches.storage import Lease, LeaseLost, Leases
 
 from .failures import describe
-from .runner import BatchRunner, EngineParts, RunOutcome
+from .runner import BatchRunner, EngineParts, RunOutcome, Stop
 
 __all__ = ["Scheduler", "worker_id"]
 
@@ -69,12 +69,16 @@ class Scheduler:
         self._wake.set()
 
     async def stop(self) -> None:
-        """Stop claiming, stop the runners and give their leases back, so another worker resumes them at once."""
+        """Stop claiming, stop the runners and give their leases back, so another worker resumes them at once. A
+        run still writing its last results after ``lease_ttl_s`` (a store that hangs) is left behind: its lease
+        expires and another worker re-runs what it had not recorded."""
         self._stopping = True
         tasks = [t for t in (self._loop, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        _, lingering = await asyncio.wait(tasks, timeout=self.parts.config.lease_ttl_s) if tasks else ((), ())
+        if lingering:
+            logger.warning("worker %s stopped with %d runs still writing", self.name, len(lingering))
         self._tasks.clear()
         self.runners.clear()
 
@@ -117,8 +121,9 @@ class Scheduler:
             failed = await work is RunOutcome.retry
         except asyncio.CancelledError:
             current = asyncio.current_task()
-            if not runner.lease_lost or (current is not None and current.cancelling()):
+            if runner.stopped_by is None or (current is not None and current.cancelling()):
                 raise  # a stop
+            failed = runner.stopped_by is Stop.renewal_failed  # a store that keeps failing must not loop for ever
         except LeaseLost:
             logger.warning("worker %s lost batch %s: a write was refused by its fence", self.name, runner.batch_id)
         except Exception as exc:
@@ -128,7 +133,8 @@ class Scheduler:
             for task in (heartbeat, work):
                 task.cancel()
             await asyncio.gather(heartbeat, work, return_exceptions=True)
-            self.runners.pop(runner.batch_id, None)
+            if self.runners.get(runner.batch_id) is runner:  # not a newer run of the same batch, claimed meanwhile
+                del self.runners[runner.batch_id]
             await self._release(runner.lease, failed)
 
     def retry_delay(self, failures: int) -> float:
@@ -155,11 +161,11 @@ class Scheduler:
             try:
                 async with asyncio.timeout(period):
                     kept = await self.leases.renew(runner.lease, ttl, self._clock())
-                problem = "" if kept else "another worker has it"
+                stop, problem = Stop.lease_taken, "another worker has it"
             except Exception as exc:
-                kept, problem = False, f"its renewal failed: {describe(exc)}"
+                kept, stop, problem = False, Stop.renewal_failed, f"its renewal failed: {describe(exc)}"
             if not kept:
                 logger.warning("worker %s stops batch %s: %s", self.name, runner.batch_id, problem)
-                runner.lease_lost = True
+                runner.stopped_by = stop
                 work.cancel()
                 return

@@ -346,12 +346,23 @@ class LeasesConformance:
         assert await leases.current("batch_1") == lease
         assert await leases.holder("batch_1", now=110) is None
 
+    async def test_only_a_lease_its_holder_never_released_counts_a_failure_when_taken(self, leases: Leases) -> None:
+        first = await leases.acquire("batch_1", "w1", 10, now=100)
+        assert first is not None
+        await leases.release(first)  # a clean end: the next holder finds nothing wrong
+        second = await leases.acquire("batch_1", "w2", 10, now=101)
+        assert second == Lease("batch_1", "w2", epoch=2, failures=0)
+        third = await leases.acquire("batch_1", "w3", 10, now=120)  # w2 never released it
+        assert third == Lease("batch_1", "w3", epoch=3, failures=1)
+        claimed = await leases.acquire("batch_1", "w4", 10, now=140)
+        assert claimed == Lease("batch_1", "w4", epoch=4, failures=2)
+
     async def test_an_expired_lease_is_taken_over_and_the_old_holder_loses_it(self, leases: Leases) -> None:
         first = await leases.acquire("batch_1", "w1", 10, now=100)
         assert first is not None
         assert await leases.holder("batch_1", now=111) is None
         second = await leases.acquire("batch_1", "w2", 10, now=111)
-        assert second == Lease("batch_1", "w2", epoch=2)
+        assert second == Lease("batch_1", "w2", epoch=2, failures=1)  # w1 died holding it: one failure
         assert not await leases.renew(first, 10, now=112)
         assert await leases.renew(second, 10, now=112)
         assert await leases.holder("batch_1", now=121) == "w2"
