@@ -95,7 +95,12 @@ class Cluster:
 async def cluster(tmp_path: Path, fake_backend: FakeBackend, postgres: dict[str, Any]) -> AsyncIterator[Cluster]:
     fake_backend.latency_s = 0.03
     config = pg_config(
-        tmp_path, fake_backend, postgres, max_concurrent_requests_per_batch=WINDOW, max_concurrent_batches=2
+        tmp_path,
+        fake_backend,
+        postgres,
+        max_concurrent_requests_per_batch=WINDOW,
+        max_unrecorded_results=WINDOW,
+        max_concurrent_batches=2,
     )
     running = Cluster(tmp_path, config)
     yield running
@@ -188,7 +193,10 @@ async def test_killing_the_worker_mid_batch_three_times_loses_nothing(
     re_executed = sum(count - 1 for count in fake_backend.seen.values())
     assert len(fake_backend.seen) == requests
     assert kills >= 1, "no worker was killed mid-batch"
-    assert re_executed <= kills * WINDOW, f"{re_executed} requests ran twice over {kills} kills (window {WINDOW})"
+    # a kill loses the requests in flight and the results not yet stored: fewer than the window plus
+    # max_unrecorded_results together (docs/scaling-out.md, "What exactly once means here")
+    bound = kills * (2 * WINDOW - 1)
+    assert re_executed <= bound, f"{re_executed} requests ran twice over {kills} kills (window {WINDOW})"
 
 
 async def test_four_batches_spread_over_both_workers(cluster: Cluster, fake_backend: FakeBackend) -> None:
