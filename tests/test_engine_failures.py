@@ -295,3 +295,45 @@ async def test_a_run_still_finishing_after_its_lease_passed_on_does_not_hide_the
                 await asyncio.sleep(0.01)
             await asyncio.sleep(1.5)  # the first run has ended by now
         assert batch.id in worker.engine.scheduler.runners
+
+
+async def test_a_cancel_abandons_requests_still_in_flight_after_the_grace_period(
+    stack: Stack, fake_backend: FakeBackend
+) -> None:
+    """A backend that takes a minute per answer must not hold a cancel for a minute: after cancel_grace_s the
+    requests in flight are abandoned and the batch is cancelled."""
+    fake_backend.latency_s = 60
+    async with Workers.start(stack, MemoryDatabase(), engine_config(cancel_grace_s=0.3)) as workers:
+        worker = await workers.add(max_concurrent_requests_per_batch=WINDOW)
+        batch = await workers.create(requests(3 * WINDOW))
+        async with asyncio.timeout(10):
+            while fake_backend.requests.get("/v1/chat/completions", 0) < WINDOW:
+                await asyncio.sleep(0.01)
+        cancelled_at = time.monotonic()
+        await worker.engine.cancel_batch(batch.id)
+        done = await workers.wait(batch.id, timeout=10)
+        took = time.monotonic() - cancelled_at
+    assert done.status == BatchStatus.cancelled
+    assert took < 2, f"the cancel took {took:.1f}s"
+    assert done.request_counts is not None and done.request_counts.completed == 0
+
+
+async def test_a_cancel_made_elsewhere_after_the_last_line_was_queued_is_seen_and_prompt(
+    stack: Stack, fake_backend: FakeBackend
+) -> None:
+    """The reader has queued every line, so nothing polls the store from the feed loop any more: the cancel,
+    made through another process's API, is still seen within about a second and the batch ends promptly."""
+    fake_backend.latency_s = 60
+    async with Workers.start(stack, MemoryDatabase(), engine_config(cancel_grace_s=0.3)) as workers:
+        api = await workers.add(execute=False)
+        await workers.add(max_concurrent_requests_per_batch=WINDOW)
+        batch = await workers.create(requests(WINDOW), via=api)
+        async with asyncio.timeout(10):
+            while fake_backend.requests.get("/v1/chat/completions", 0) < WINDOW:
+                await asyncio.sleep(0.01)
+        cancelled_at = time.monotonic()
+        await api.engine.cancel_batch(batch.id)
+        done = await workers.wait(batch.id, timeout=10)
+        took = time.monotonic() - cancelled_at
+    assert done.status == BatchStatus.cancelled
+    assert took < 3, f"the cancel took {took:.1f}s"

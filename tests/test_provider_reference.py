@@ -142,7 +142,8 @@ async def test_requests_that_keep_failing_go_to_the_error_file_with_the_response
     assert batch.request_counts is not None and batch.request_counts.failed == 4
     assert fake_backend.injected_failures == 12  # 3 attempts each, then no more
     assert {e["response"]["status_code"] for e in errors} <= {429, 500}
-    assert all(e["error"] is None and "error" in e["response"]["body"] for e in errors)
+    assert all("error" in e["response"]["body"] for e in errors)  # OpenAI's clients read the reason here,
+    assert all(e["error"]["message"] == e["response"]["body"]["error"]["message"] for e in errors)  # llama-stack's
 
 
 def with_models(config: dict[str, Any], *model_ids: str) -> dict[str, Any]:
@@ -155,14 +156,15 @@ async def test_a_request_the_backend_refuses_is_not_retried(tmp_path: Path, fake
     config = with_models(reference_config(tmp_path, fake_backend), "ghost")  # the backend does not have it
     async with build_stack(config) as stack:
         env = BatchesEnv(stack.batches, stack.files, fake_backend)
-        content = jsonl([chat_line(0), chat_line(1, model="ghost")])
+        content = jsonl([chat_line(0, model="ghost"), chat_line(1, model="ghost")])  # one model a batch
         batch = await env.wait((await env.create(await env.upload(content))).id)
         errors = await env.lines(batch.error_file_id)
     assert batch.request_counts is not None
-    assert (batch.request_counts.completed, batch.request_counts.failed) == (1, 1)
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (0, 2)
     assert fake_backend.requests["/v1/chat/completions"] == 2  # one each: a 404 is final
-    assert errors[0]["custom_id"] == "req-1" and errors[0]["response"]["status_code"] == 404
-    assert errors[0]["response"]["body"]["error"]["code"] == "model_not_found"
+    assert {e["custom_id"] for e in errors} == {"req-0", "req-1"}
+    assert all(e["response"]["status_code"] == 404 for e in errors)
+    assert all(e["response"]["body"]["error"]["code"] == e["error"]["code"] == "model_not_found" for e in errors)
 
 
 async def test_an_unreachable_backend_gives_error_lines_without_a_response(tmp_path: Path) -> None:
@@ -294,3 +296,13 @@ async def test_idem_tok_is_an_alias_of_idempotency_key(env: BatchesEnv) -> None:
     with pytest.raises(InvalidRequestError) as info:
         await env.batches.create_batch(file_id, CHAT, "24h", idempotency_key="a", idem_tok="b")
     assert info.value.param == "idem_tok"
+
+
+async def test_a_batch_runs_one_model_and_each_other_model_is_a_mismatched_model_line(env: BatchesEnv) -> None:
+    lines = [chat_line(0), chat_line(1, model="fake-embed"), chat_line(2), chat_line(3, model="fake-embed")]
+    batch = await env.wait((await env.create(await env.upload(lines))).id)
+    assert batch.status == BatchStatus.failed
+    assert _errors(batch) == [(2, "mismatched_model", "body.model"), (4, "mismatched_model", "body.model")]
+    assert batch.errors is not None and batch.errors.data
+    assert "'fake-embed' for this request does not match the rest of the batch" in (batch.errors.data[0].message or "")
+    assert env.backend.total_requests <= 1  # the model list, not one request

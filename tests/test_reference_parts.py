@@ -98,13 +98,23 @@ def test_a_2xx_that_is_not_a_json_object_is_a_failure() -> None:
     assert not result.ok and line["response"]["status_code"] == 200  # the status is kept; the code says why
     error = line["response"]["body"]["error"]
     assert error["code"] == "invalid_response" and error["type"] == "upstream_error"
-    assert "not a JSON object: '<html>oops</html>'" in error["message"] and line["error"] is None
+    assert "not a JSON object: '<html>oops</html>'" in error["message"]
+    assert line["error"] == {"code": "invalid_response", "message": error["message"]}  # for llama-stack's clients
 
 
 def test_an_http_failure_keeps_the_response() -> None:
     body = b'{"error": {"message": "bad", "type": "invalid_request_error", "param": null, "code": null}}'
     line = json.loads(response_result("batch_1", 1, "c", RawResponse(400, body)).output)
     assert line["response"]["status_code"] == 400 and line["response"]["body"]["error"]["message"] == "bad"
+    assert line["error"] == {"code": "invalid_request_error", "message": "bad"}  # the type, when no code
+
+
+def test_an_http_failure_gives_its_code_and_message_to_the_error_object_too() -> None:
+    body = b'{"error": {"message": "too long", "type": "invalid_request_error", "code": "context_length_exceeded"}}'
+    line = json.loads(response_result("batch_1", 1, "c", RawResponse(400, body)).output)
+    assert line["error"] == {"code": "context_length_exceeded", "message": "too long"}
+    bare = json.loads(response_result("batch_1", 1, "c", RawResponse(503, b'{"detail": "busy"}')).output)
+    assert bare["error"] == {"code": "http_error", "message": "The backend answered HTTP 503."}
 
 
 def test_non_http_failures_and_expiry_have_no_response() -> None:

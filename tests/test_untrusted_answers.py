@@ -57,7 +57,13 @@ def check_line(result: RequestResult | bytes, custom_id: str | None = None) -> d
         assert not isinstance(result, RequestResult) or not result.ok
         return line
     response = line["response"]
-    assert line["error"] is None and set(response) == {"status_code", "request_id", "body"}
+    assert set(response) == {"status_code", "request_id", "body"}
+    ok = 200 <= response["status_code"] < 300 and line["error"] is None
+    if not ok:  # a failure says why twice: in the body (OpenAI's clients) and in `error` (llama-stack's)
+        error = line["error"]
+        assert set(error) == {"code", "message"} and all(isinstance(v, str) and v for v in error.values())
+        assert len(error["message"]) <= 1100 and len(error["code"]) <= 64 and error["code"].isascii()
+    assert not isinstance(result, RequestResult) or result.ok == ok
     assert type(response["status_code"]) is int and isinstance(response["body"], dict)
     request_id = response["request_id"]
     assert isinstance(request_id, str) and 1 <= len(request_id) <= 128

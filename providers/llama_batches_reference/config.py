@@ -51,6 +51,12 @@ class ReferenceBatchesImplConfig(BaseModel):
         default=0.5, ge=0, description="First retry delay; doubles each attempt, with jitter."
     )
     retry_max_delay_s: float = Field(default=30.0, ge=0, description="Longest delay between attempts.")
+    cancel_grace_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="After a cancel, how long the requests in flight may finish (their results are kept) before "
+        "they are abandoned.",
+    )
     completion_windows: list[str] = Field(
         default_factory=lambda: ["24h"], description="completion_window values accepted at creation (e.g. 24h, 7d)."
     )

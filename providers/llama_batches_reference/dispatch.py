@@ -118,11 +118,10 @@ class Dispatcher:
             async with asyncio.TaskGroup() as group:
                 workers = [group.create_task(self._work(checkpointer)) for _ in range(self._size)]
                 reason = await self._read(done)
-                if reason is StopReason.expired:  # unfinished requests are cancelled, as OpenAI does
-                    for worker in workers:
-                        worker.cancel()
-                else:
-                    await self._close_queue(drop=reason is not StopReason.done)
+                if reason is not StopReason.expired:
+                    closing = group.create_task(self._close_queue(drop=reason is not StopReason.done))
+                    workers.append(closing)
+                reason = await self._wait(workers, reason)
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None
         if reason is StopReason.done and self.cancel_requested.is_set():
@@ -150,8 +149,41 @@ class Dispatcher:
             reason = await self._stop_reason()
             if reason is not StopReason.done:
                 return reason
-            await self._queue.put(line)
+            try:
+                self._queue.put_nowait(line)
+            except asyncio.QueueFull:
+                reason = await self._put(line)
+                if reason is not StopReason.done:
+                    return reason
         return StopReason.done
+
+    async def _put(self, line: InputLine) -> StopReason:
+        """Queue ``line`` once a worker is free, looking for a cancel or expiry meanwhile (every worker may be
+        waiting minutes on a slow backend)."""
+        while True:
+            try:
+                async with asyncio.timeout(STATUS_POLL_S):
+                    await self._queue.put(line)
+                return StopReason.done
+            except TimeoutError:
+                reason = await self._stop_reason()
+                if reason is not StopReason.done:
+                    return reason
+
+    async def _wait(self, tasks: list[asyncio.Task[None]], reason: StopReason) -> StopReason:
+        """Let the workers finish the requests in flight. On expiry they are abandoned at once (OpenAI cancels the
+        unfinished requests); on a cancel, made before or while they finish, after ``cancel_grace_s``: a cancel
+        stays prompt even when a backend takes minutes to answer."""
+        pending = {task for task in tasks if not task.done()}
+        while pending and reason is StopReason.done:
+            _, pending = await asyncio.wait(pending, timeout=STATUS_POLL_S)
+            if pending:
+                reason = await self._stop_reason()
+        if pending and reason is StopReason.cancelled:
+            _, pending = await asyncio.wait(pending, timeout=self.parts.config.cancel_grace_s)
+        for task in pending:
+            task.cancel()
+        return reason
 
     async def _close_queue(self, *, drop: bool) -> None:
         """Tell every worker to stop; with ``drop``, lines still queued are not sent."""

@@ -6,8 +6,10 @@ are spliced into the line unchanged when they are already one line (the common c
 re-serialised compactly. Every other answer is a failure that keeps the status and the ``x-request-id``: a body that
 is a JSON object is kept as the backend's error body, any other body is replaced by an OpenAI error body whose
 ``code`` says what was wrong (``invalid_response`` for a 2xx, ``http_error`` otherwise) and which quotes a short,
-sanitised prefix of it. U+2028, U+2029 and U+0085 are escaped wherever they occur, because ``str.splitlines()``
-(which readers of JSONL use) splits on them.
+sanitised prefix of it. A failure also carries ``error: {code, message}`` (from the body's OpenAI error, else from
+the status), where llama-stack's clients read the reason; OpenAI's clients read it from the body. U+2028, U+2029
+and U+0085 are escaped wherever they occur, because ``str.splitlines()`` (which readers of JSONL use) splits on
+them.
 """
 
 from __future__ import annotations
@@ -94,13 +96,33 @@ def _compact(body: bytes, payload: dict[str, Any]) -> bytes:
         return body.replace(b"\n", b"").replace(b"\r", b"")
 
 
-def _error_body(response: RawResponse) -> bytes:
-    """An OpenAI error body standing for a body that is not a JSON object, quoting its start."""
+def _error_body(response: RawResponse) -> tuple[bytes, str, str]:
+    """An OpenAI error body standing for a body that is not a JSON object, quoting its start; with its code and
+    message (for the line's ``error``)."""
     code = "invalid_response" if response.ok else "http_error"
     content = response.body
     described = f"a body that is not a JSON object: {quoted(content)}" if content.strip() else "an empty body"
     message = f"The backend answered HTTP {response.status_code} with {described}."
-    return orjson.dumps({"error": {"message": message, "type": "upstream_error", "param": None, "code": code}})
+    error = {"error": {"message": message, "type": "upstream_error", "param": None, "code": code}}
+    return orjson.dumps(error), code, message
+
+
+def _reason(status: int, payload: dict[str, Any]) -> tuple[str, str]:
+    """The code and message of a failed answer whose body is a JSON object: its OpenAI ``error`` (its ``code``, else
+    its ``type``), or the status when it has none."""
+    error = payload.get("error")
+    found = error if isinstance(error, dict) else {}
+    code = next((found[k] for k in ("code", "type") if isinstance(found.get(k), str) and found[k]), "http_error")
+    message = found.get("message")
+    if not isinstance(message, str) or not message:
+        message = f"The backend answered HTTP {status}."
+    return code, message
+
+
+def _error_object(code: str, message: str) -> bytes:
+    """``{"code", "message"}``: the code kept a short identifier, the message cut short and printable."""
+    code = _NOT_IN_CODE.sub("_", code[:_MAX_CODE]) or "error"
+    return orjson.dumps({"code": code, "message": bounded(message, _MAX_MESSAGE)})
 
 
 def response_result(batch_id: str, line: int, custom_id: str, response: RawResponse) -> RequestResult:
@@ -112,12 +134,16 @@ def response_result(batch_id: str, line: int, custom_id: str, response: RawRespo
     except orjson.JSONDecodeError:
         payload = None
     status = response.status_code
+    error = b"null"
     if isinstance(payload, dict):
         body, ok = response.body.strip(), 200 <= status < 300
         if body.find(b"\n") >= 0 or body.find(b"\r") >= 0:
             body = _compact(body, payload)
+        if not ok:  # llama-stack's clients read the reason from `error`; OpenAI's from the body: both are there
+            error = _error_object(*_reason(status, payload))
     else:
-        body, ok, payload = _error_body(response), False, None
+        body, code, message = _error_body(response)
+        ok, payload, error = False, None, _error_object(code, message)
     request_id = response.headers.get("x-request-id")
     if not (
         isinstance(request_id, str)
@@ -133,7 +159,9 @@ def response_result(batch_id: str, line: int, custom_id: str, response: RawRespo
             orjson.dumps(request_id),
             b',"body":',
             body,
-            b'},"error":null}',
+            b'},"error":',
+            error,
+            b"}",
         )
     )
     if not output.isascii():
@@ -143,10 +171,8 @@ def response_result(batch_id: str, line: int, custom_id: str, response: RawRespo
 
 
 def _error_line(custom_id: str, code: str, message: str) -> bytes:
-    """A line with ``response: null``; the code kept a short identifier, the message cut short and printable."""
-    code = _NOT_IN_CODE.sub("_", code[:_MAX_CODE]) or "error"
-    error = orjson.dumps({"code": code, "message": bounded(message, _MAX_MESSAGE)})
-    line = _head(custom_id) + b',"response":null,"error":' + error + b"}"
+    """A line with ``response: null`` and the ``error`` object."""
+    line = _head(custom_id) + b',"response":null,"error":' + _error_object(code, message) + b"}"
     return line if line.isascii() else _one_line(line)
 
 

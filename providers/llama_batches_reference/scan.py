@@ -13,7 +13,13 @@ from llama_batches.errors import NotFoundError, quoted
 
 from .lines import InputLine, InputTooLarge, iter_lines
 from .records import BatchRecord
-from .validation import ParsedLine, duplicate_custom_id_error, model_not_found_error, parse_line
+from .validation import (
+    ParsedLine,
+    duplicate_custom_id_error,
+    mismatched_model_error,
+    model_not_found_error,
+    parse_line,
+)
 
 if TYPE_CHECKING:
     from .runner import EngineParts
@@ -77,8 +83,10 @@ class _Scanner:
             parsed = parse_line(line.number, line.data, self.endpoint, self.config.max_line_bytes)
             if isinstance(parsed, ParsedLine):
                 parsed = await self._check_unique(parsed)
+            if isinstance(parsed, ParsedLine) and found.model not in (None, parsed.model):
+                parsed = mismatched_model_error(parsed.number, parsed.model)
             if isinstance(parsed, ParsedLine):
-                found.model = found.model or parsed.model
+                found.model = parsed.model
             else:
                 self._report(parsed)
         return found

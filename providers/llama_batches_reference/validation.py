@@ -18,6 +18,7 @@ __all__ = [
     "check_create",
     "check_metadata",
     "duplicate_custom_id_error",
+    "mismatched_model_error",
     "model_not_found_error",
     "parse_line",
     "storable_text",
@@ -174,6 +175,16 @@ def duplicate_custom_id_error(number: int, custom_id: str) -> BatchError:
         "The custom_id parameter must be unique for each request in a batch."
     )
     return _error(number, "duplicate_custom_id", message, "custom_id")
+
+
+def mismatched_model_error(number: int, model: str) -> BatchError:
+    """The error of line ``number``, whose ``body.model`` differs from the batch's (OpenAI's wording): a batch runs
+    one model."""
+    message = (
+        f"The model {quoted(model)} for this request does not match the rest of the batch. "
+        "Each batch must contain requests for a single model."
+    )
+    return _error(number, "mismatched_model", message, "body.model")
 
 
 def model_not_found_error(number: int, model: str) -> BatchError:
