@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import orjson
 import pytest
 import pytest_asyncio
 
@@ -76,3 +77,16 @@ async def test_acceptance_the_default_model_knows_the_capital_of_france(tmp_path
         )
     content = answer.choices[0].message.content
     assert content is not None and "paris" in content.lower(), content
+
+
+async def test_raw_request_with_a_message_without_role_answers_openai_s_400(smollm2: LlamaCppInference) -> None:
+    """OpenAI refuses such a message; llama.cpp's chat template would crash on it (an internal error, not the
+    client's 400)."""
+    body = b'{"model": "x", "messages": [{"content": "hi"}], "max_tokens": 2}'
+    answer = await smollm2.raw_request(Endpoint.chat_completions, DEFAULT_MODEL_ID, body)
+    error = orjson.loads(answer.body)["error"]
+    assert answer.status_code == 400
+    assert (error["code"], error["param"]) == ("missing_required_parameter", "messages[0].role")
+    odd = b'{"model": "x", "messages": [{"role": "wizard", "content": "hi"}], "max_tokens": 2}'
+    answer = await smollm2.raw_request(Endpoint.chat_completions, DEFAULT_MODEL_ID, odd)
+    assert answer.status_code == 400 and orjson.loads(answer.body)["error"]["param"] == "messages[0].role"

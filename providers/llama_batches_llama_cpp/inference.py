@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import jinja2
 import llama_cpp._logger
 import llama_cpp.llama
 import orjson
@@ -67,6 +68,25 @@ def _model_params(extra_buffer_types: bool) -> Iterator[None]:
             low_level.llama_model_default_params = defaults
 
 
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+def _check_messages(messages: list[Any]) -> None:
+    """OpenAI's 400 for a message that is not an object with a known ``role`` (llama.cpp's chat template would
+    fail on it instead, or render it wrong)."""
+    for index, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role is None:
+            param = f"messages[{index}].role"
+            raise InvalidRequestError(
+                f"Missing required parameter: '{param}'.", code="missing_required_parameter", param=param
+            )
+        if role not in _ROLES:
+            allowed = ", ".join(f"'{r}'" for r in sorted(_ROLES))
+            message_text = f"Invalid value: {quoted(str(role))}. Supported values are: {allowed}."
+            raise InvalidRequestError(message_text, code="invalid_value", param=f"messages[{index}].role")
+
+
 def _accepted(method: Callable[..., Any], params: Mapping[str, Any]) -> dict[str, Any]:
     """The OpenAI parameters ``method`` understands; the others (user, metadata, store, ...) are ignored."""
     names = inspect.signature(method).parameters
@@ -103,6 +123,8 @@ class LlamaCppInference:
         except ValueError as exc:  # llama.cpp's word for a prompt over the context window, among others
             code = "context_length_exceeded" if "context window" in str(exc) else None
             raise InvalidRequestError(str(exc), code=code) from exc
+        except jinja2.TemplateError as exc:  # the chat template met a message it cannot render
+            raise InvalidRequestError(f"The messages do not fit the model's chat template: {exc}") from exc
 
     async def initialize(self) -> None:
         """Load the model."""
@@ -205,6 +227,7 @@ class LlamaCppInference:
             messages = merged.pop("messages", None)
             if not isinstance(messages, list):
                 raise InvalidRequestError("Messages parameter is required.", param="messages")
+            _check_messages(messages)
             return await self._run(lambda: self._chat(messages, merged))
         prompt = merged.pop("prompt", None)
         if not isinstance(prompt, str | list):
