@@ -5,6 +5,7 @@ signatures stay llama-stack's."""
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -14,7 +15,12 @@ import orjson
 
 from .errors import InvalidRequestError
 
-__all__ = ["fingerprint", "mark_replayed", "one_key", "scoped_key", "watch_replay"]
+__all__ = ["MAX_KEY_LENGTH", "check_key", "fingerprint", "mark_replayed", "one_key", "scoped_key", "watch_replay"]
+
+MAX_KEY_LENGTH = 255
+"""Stripe's bound on an idempotency key, in characters."""
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 _replayed: ContextVar[bool] = ContextVar("llama_batches_replayed", default=False)
 
@@ -39,6 +45,21 @@ def one_key(idempotency_key: str | None, idem_tok: str | None) -> str | None:
     if idempotency_key is not None and idem_tok is not None and idempotency_key != idem_tok:
         raise InvalidRequestError("idempotency_key and idem_tok differ.", code="invalid_value", param="idem_tok")
     return idempotency_key if idempotency_key is not None else idem_tok
+
+
+def check_key(key: str, param: str = "idempotency_key") -> str:
+    """``key`` when it is a key every store can hold: 1 to 255 characters, no NUL, no lone surrogate (400 naming
+    ``param`` otherwise). The key is opaque: no trimming, case folding or Unicode normalisation, so two keys are the
+    same key exactly when their strings are equal."""
+    if not 1 <= len(key) <= MAX_KEY_LENGTH:
+        raise InvalidRequestError(
+            f"An idempotency key must have 1 to {MAX_KEY_LENGTH} characters.", code="invalid_value", param=param
+        )
+    if _UNSTORABLE.search(key) is not None:
+        raise InvalidRequestError(
+            "An idempotency key cannot hold NUL characters or lone surrogates.", code="invalid_value", param=param
+        )
+    return key
 
 
 def fingerprint(params: Mapping[str, Any]) -> str:

@@ -15,6 +15,7 @@ from ..stack import Stack
 from .auth import Authenticator, AuthMiddleware
 from .errors import install_error_handlers
 from .limits import BodyLimit
+from .openapi import install_openapi
 from .routes_batches import router as batches_router
 from .routes_files import files_router, models_router
 
@@ -58,9 +59,10 @@ def create_app(stack: Stack) -> FastAPI:
     )
     app.state.stack = stack
     install_error_handlers(app)
-    app.add_middleware(BodyLimit)
+    install_openapi(app, public_paths=PUBLIC_PATHS, authenticated=authenticator is not None)
     if authenticator is not None:
         app.add_middleware(AuthMiddleware, authenticator=authenticator, public_paths=_public_paths(app))
+    app.add_middleware(BodyLimit)  # added last, so outermost: a 401 is capped and drained like any answer
     planned = {p.api for p in stack.plan}
     if Api.batches in planned:
         app.include_router(batches_router)

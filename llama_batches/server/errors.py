@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 
 from ..config import format_location
 from ..errors import (
@@ -48,6 +49,25 @@ def _validation(exc: RequestValidationError) -> InvalidRequestError:
     return InvalidRequestError(message, code="invalid_value", param=param)
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _method_not_allowed(request: Request) -> JSONResponse:
+    """405 with ``Allow``: the methods some route serves on this path (Starlette would name one route's only)."""
+    routes: list[BaseRoute] = request.app.router.routes
+    allowed = [
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    ]
+    allow = ", ".join(allowed)
+    message = f"Method {bounded(request.method, 16)} is not allowed on {bounded(request.url.path, 200)}; use {allow}."
+    response = error_response(InvalidRequestError(message, code="method_not_allowed"))
+    response.status_code = 405
+    response.headers["Allow"] = allow
+    return response
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map every exception onto an OpenAI-shaped answer."""
 
@@ -68,9 +88,12 @@ def install_error_handlers(app: FastAPI) -> None:
                     code="unknown_url",
                 )
             )
+        if exc.status_code == 405:
+            return _method_not_allowed(request)
         error = InvalidRequestError(bounded(str(exc.detail), 500), code="invalid_request")
         response = error_response(error)
         response.status_code = exc.status_code
+        response.headers.update(exc.headers or {})
         return response
 
     @app.exception_handler(Exception)

@@ -1,20 +1,41 @@
-"""``/v1/batches``: create (idempotent), list, retrieve, cancel."""
+"""``/v1/batches``: create (idempotent), list, retrieve, cancel.
+
+Ids and cursors are checked by shape before any provider sees them: an id that no backend can have issued (not
+``batch_`` and up to 250 of ``[A-Za-z0-9_-]``) is the same 404 as an id that does not exist, and such a cursor the
+same empty page as an unknown one. Strings of the create body that a store cannot hold (NUL, lone surrogates) are a
+400 naming the field, whatever the provider.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..api import Batch, ListBatchesResponse, OutputExpiresAfter
+from ..errors import InvalidRequestError, NotFoundError, quoted
 from ..idempotency import watch_replay
 from ..stack import Stack
-from .idempotency import resolve_key
+from .idempotency import HEADER, resolve_key
+from .openapi import IDEMPOTENCY_KEY_DOC, error_responses
 
-__all__ = ["CreateBatchRequest", "router"]
+__all__ = ["BATCH_ID", "CreateBatchRequest", "router"]
 
 router = APIRouter(prefix="/v1/batches", tags=["Batches"])
+
+BATCH_ID = re.compile(r"batch_[A-Za-z0-9_-]{1,250}")
+"""The shape of every batch id a backend issues: ``batch_`` + a uuid4 or digest (ours, llama-stack's), OpenAI's."""
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_BatchId = Annotated[
+    str,
+    Path(
+        description="A batch id: batch_ followed by letters, digits, _ or -. Any other string is a 404.",
+        json_schema_extra={"pattern": f"^{BATCH_ID.pattern}$"},
+    ),
+]
 
 
 class CreateBatchRequest(BaseModel):
@@ -38,15 +59,46 @@ def _stack(request: Request) -> Stack:
     return stack
 
 
-@router.post("", response_model=Batch, summary="Create a batch")
+def _known_shape(batch_id: str) -> str:
+    """``batch_id``, or the 404 every backend gives an unknown id, before any query."""
+    if BATCH_ID.fullmatch(batch_id) is None:
+        raise NotFoundError.for_resource("batch", batch_id, param="batch_id")
+    return batch_id
+
+
+def _strings(body: CreateBatchRequest) -> Iterator[tuple[str, str]]:
+    """Every string of ``body`` with the param that names it."""
+    for name in ("input_file_id", "endpoint", "completion_window", "idempotency_key", "idem_tok"):
+        value = getattr(body, name)
+        if isinstance(value, str):
+            yield name, value
+    for key, value in (body.metadata or {}).items():
+        yield "metadata", key
+        if isinstance(value, str):
+            yield ("metadata" if len(key) > 64 else f"metadata.{key}"), value
+
+
+def _check_storable(body: CreateBatchRequest) -> None:
+    """400 naming the first string of ``body`` that a store cannot hold (PostgreSQL refuses NUL; no UTF-8 column
+    takes a lone surrogate, which JSON's ``\\ud800`` lets through)."""
+    for param, text in _strings(body):
+        if _UNSTORABLE.search(text):
+            message = f"Invalid {quoted(param)}: it holds a NUL character or a lone surrogate."
+            raise InvalidRequestError(message, code="invalid_value", param=param)
+
+
+@router.post(
+    "", response_model=Batch, summary="Create a batch", responses=error_responses(404, 409, 429, replayed=True)
+)
 async def create_batch(
     body: CreateBatchRequest,
     request: Request,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: Annotated[str | None, Header(alias=HEADER, description=IDEMPOTENCY_KEY_DOC)] = None,
 ) -> Batch:
     """Create a batch; with an idempotency key, a retry gets the same batch (and ``Idempotent-Replayed: true``)."""
-    key = resolve_key(idempotency_key, body.idempotency_key, body.idem_tok)
+    _check_storable(body)
+    key = resolve_key(request.headers.getlist(HEADER), body.idempotency_key, body.idem_tok)
     with watch_replay() as replayed:
         batch = await _stack(request).batches.create_batch(
             body.input_file_id,
@@ -65,16 +117,18 @@ async def create_batch(
 async def list_batches(
     request: Request,
     after: Annotated[str | None, Query(description="A batch id: the page starts after it.")] = None,
-    limit: Annotated[int, Query(description="Page size, 1 to 100.")] = 20,
+    limit: Annotated[int, Query(ge=1, le=100, description="Page size, 1 to 100.")] = 20,
 ) -> ListBatchesResponse:
+    if after is not None and BATCH_ID.fullmatch(after) is None:
+        return ListBatchesResponse.of([], has_more=False)  # what an unknown cursor gets
     return await _stack(request).batches.list_batches(after=after, limit=limit)
 
 
 @router.get("/{batch_id}", response_model=Batch, summary="Retrieve a batch")
-async def retrieve_batch(batch_id: str, request: Request) -> Batch:
-    return await _stack(request).batches.retrieve_batch(batch_id)
+async def retrieve_batch(batch_id: _BatchId, request: Request) -> Batch:
+    return await _stack(request).batches.retrieve_batch(_known_shape(batch_id))
 
 
-@router.post("/{batch_id}/cancel", response_model=Batch, summary="Cancel a batch")
-async def cancel_batch(batch_id: str, request: Request) -> Batch:
-    return await _stack(request).batches.cancel_batch(batch_id)
+@router.post("/{batch_id}/cancel", response_model=Batch, summary="Cancel a batch", responses=error_responses(409))
+async def cancel_batch(batch_id: _BatchId, request: Request) -> Batch:
+    return await _stack(request).batches.cancel_batch(_known_shape(batch_id))

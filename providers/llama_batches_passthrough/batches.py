@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from llama_batches.api import Batch, ListBatchesResponse, Order, OutputExpiresAfter
 from llama_batches.errors import APIError, ConflictError, InvalidRequestError, NotFoundError, quoted
-from llama_batches.idempotency import fingerprint, mark_replayed, scoped_key
+from llama_batches.idempotency import check_key, fingerprint, mark_replayed, scoped_key
 from llama_batches.principal import current_principal
 from llama_batches.storage import Stored, Table
 
@@ -116,8 +116,7 @@ class PassthroughBatches:
             raise NotFoundError.for_resource("file", input_file_id, param="input_file_id")  # not the caller's file
         if idempotency_key is None:
             return await self._mine(await self._remote_create(params, None, None))
-        if not 1 <= len(idempotency_key) <= 255:
-            raise InvalidRequestError("An idempotency key must have 1 to 255 characters.", param="idempotency_key")
+        check_key(idempotency_key)
         owner = current_principal()
         entry = LedgerEntry(
             id=scoped_key(owner, idempotency_key),

@@ -12,6 +12,7 @@ import orjson
 
 from llama_batches.api import BatchError, Endpoint
 from llama_batches.errors import InvalidRequestError, quoted
+from llama_batches.idempotency import check_key
 
 __all__ = [
     "ParsedLine",
@@ -27,7 +28,6 @@ __all__ = [
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
-MAX_IDEMPOTENCY_KEY = 255
 _REQUIRED_BY_ENDPOINT = {
     Endpoint.chat_completions: ("messages", "Messages parameter is required."),
     Endpoint.completions: ("prompt", "Prompt parameter is required."),
@@ -60,10 +60,7 @@ def check_create(endpoint: str, completion_window: str, windows: list[str], idem
             "completion_window",
         )
     if idempotency_key is not None:
-        if not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
-            raise _invalid(f"An idempotency key must have 1 to {MAX_IDEMPOTENCY_KEY} characters.", "idempotency_key")
-        if not storable_text(idempotency_key):
-            raise _invalid("An idempotency key cannot hold NUL characters or lone surrogates.", "idempotency_key")
+        check_key(idempotency_key)
     return target
 
 
