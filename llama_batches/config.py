@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .api.models import ModelType
 from .errors import ConfigError
 from .server.auth_config import AuthConfig
+from .server.upload_config import UploadsConfig
 from .storage.config import StorageConfig
 
 __all__ = [
@@ -82,13 +83,15 @@ class RegisteredResources(BaseModel):
 
 
 class ServerConfig(BaseModel):
-    """``server``: where ``llama-batches serve`` listens, and who may call it (``auth``, llama-stack's format)."""
+    """``server``: where ``llama-batches serve`` listens, who may call it (``auth``, llama-stack's format) and how
+    uploads are read (``uploads``, ours)."""
 
     model_config = ConfigDict(extra="allow")
 
     host: str | None = None
     port: int = 8321
     auth: AuthConfig | None = None
+    uploads: UploadsConfig = Field(default_factory=UploadsConfig)
 
 
 class RunConfig(BaseModel):

@@ -177,7 +177,7 @@ async def test_files_list_get_delete(served: Served, tmp_path: Path) -> None:
 
 async def test_bad_input_is_a_clear_error(served: Served, tmp_path: Path) -> None:
     broken = tmp_path / "broken.jsonl"
-    broken.write_text('{"custom_id": "a"}\n{not json\n')
+    broken.write_text('{not json\n{"custom_id": "a"}\n')  # the upload checks the first line, as OpenAI's does
     code, _, err = await served.cli("files", "upload", str(broken))
     assert code == 2 and err.startswith("error: 400 ")
     args = ["batches", "create", "--input-file-id", "file-x", "--endpoint", CHAT, "--metadata", "novalue"]

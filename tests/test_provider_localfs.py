@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from llama_batches.api import ExpiresAfter, FileObject, FilePurpose, Files
 from llama_batches.errors import NotFoundError, PayloadTooLargeError
 from llama_batches.storage import MemoryDatabase
 from llama_batches_localfs.config import LocalfsFilesImplConfig
-from llama_batches_localfs.files import LocalfsFilesImpl, safe_filename
+from llama_batches_localfs.files import STALE_PART_SECS, LocalfsFilesImpl, safe_filename
 
 from .conformance.files import JSONL, FilesConformance, chunks, read_all
 
@@ -133,3 +135,65 @@ async def test_files_expire_after_their_lifetime(tmp_path: Path) -> None:
         await files.openai_retrieve_file(short.id)
     assert _files_on_disk(tmp_path) == [default.id]
     assert await read_all(files, default.id) == JSONL
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("invoice\u202egnp.exe", "invoicegnp.exe"),
+        ("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061cname", "name"),
+        ("c1\x85\x9b\x7f.txt", "c1.txt"),
+        (
+            "keep \u200d joiners \U0001f468\u200d\U0001f469 and ü",
+            "keep \u200d joiners \U0001f468\u200d\U0001f469 and ü",
+        ),
+    ],
+    ids=["rlo", "every-bidi-mark", "c1-and-del", "plain-unicode"],
+)
+def test_file_names_lose_bidi_and_c1_characters(given: str, kept: str) -> None:
+    assert safe_filename(given) == kept
+
+
+async def test_a_content_stream_opened_before_a_delete_reads_the_whole_file(tmp_path: Path) -> None:
+    """The file is opened when the stream is returned, so the download that raced a delete still sends it all."""
+    data = b"x" * (3 * 1024 * 1024 + 5)
+    async with build_stack(files_config(tmp_path, {"type": "sql_memory"})) as stack:
+        created = await stack.files.openai_upload_file(chunks([data]), FilePurpose.user_data, "a.bin")
+        stream = await stack.files.openai_retrieve_file_content(created.id)
+        await stack.files.openai_delete_file(created.id)
+        assert _files_on_disk(tmp_path) == []
+        assert b"".join([chunk async for chunk in stream]) == data
+
+
+async def test_content_gone_from_disk_is_a_not_found_before_any_byte(tmp_path: Path) -> None:
+    async with build_stack(files_config(tmp_path, {"type": "sql_memory"})) as stack:
+        created = await stack.files.openai_upload_file(chunks([JSONL]), FilePurpose.batch, "a.jsonl")
+        (tmp_path / "files" / created.id).unlink()
+        with pytest.raises(NotFoundError) as info:
+            await stack.files.openai_retrieve_file_content(created.id)
+        assert info.value.param == "file_id"
+
+
+async def test_a_content_stream_dropped_unread_closes_its_file(tmp_path: Path) -> None:
+    """A response never sent (the client went away) must not keep a file open (or warn: warnings are errors)."""
+    async with build_stack(files_config(tmp_path, {"type": "sql_memory"})) as stack:
+        created = await stack.files.openai_upload_file(chunks([JSONL]), FilePurpose.batch, "a.jsonl")
+        stream = await stack.files.openai_retrieve_file_content(created.id)
+        del stream
+        closed = await stack.files.openai_retrieve_file_content(created.id)
+        await closed.aclose()  # type: ignore[attr-defined]
+        assert [chunk async for chunk in closed] == []
+
+
+async def test_stale_part_files_are_swept_at_start_and_fresh_ones_kept(tmp_path: Path) -> None:
+    """A ``.part`` untouched for STALE_PART_SECS is a killed upload's; a fresh one may be another process's."""
+    directory = tmp_path / "files"
+    directory.mkdir()
+    stale, fresh, other = directory / ".file-old.part", directory / ".file-new.part", directory / "file-kept"
+    for path in (stale, fresh, other):
+        path.write_bytes(b"partial")
+    long_ago = time.time() - STALE_PART_SECS - 5
+    os.utime(stale, (long_ago, long_ago))
+    os.utime(other, (long_ago, long_ago))
+    async with build_stack(files_config(tmp_path, {"type": "sql_memory"})):
+        assert sorted(p.name for p in directory.iterdir()) == [".file-new.part", "file-kept"]

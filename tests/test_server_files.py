@@ -1,5 +1,7 @@
 """``/v1/files`` on a live ``llama-batches serve`` through the real openai SDK and hand-built multipart bodies: the
-round trip, expiry, and the uploads the server refuses (not JSONL, too large) without keeping anything.
+round trip, expiry (wherever ``expires_after`` sits in the form), the checks of a batch upload (OpenAI's: the first
+line; a UTF-8 byte order mark dropped), clean file names, and the uploads the server refuses (not JSONL, too large,
+purpose ``batch_output``) without keeping anything.
 
 One server for the module; its files provider accepts at most ``MAX_FILE_BYTES``.
 """
@@ -16,6 +18,8 @@ import aiohttp
 import openai
 import pytest
 import pytest_asyncio
+
+from llama_batches.server.jsonl import BOM
 
 from .conformance.batches import chat_line, jsonl
 from .fake_backend import FakeBackend
@@ -132,8 +136,8 @@ async def test_expires_after_sets_expires_at(live: Live) -> None:
 
 @pytest.mark.parametrize(
     "content",
-    [b"", b"\n\n", b"not json\n", b'{"custom_id": "a"}\n[1, 2, 3]\n', b'"a string"'],
-    ids=["empty", "blank-lines", "not-json", "array-line", "string"],
+    [b"", b"\n\n", b"not json\n", b'[1, 2, 3]\n{"custom_id": "a"}\n', b'"a string"', BOM, BOM + b"\n[]"],
+    ids=["empty", "blank-lines", "not-json", "array-first", "string", "bom-only", "bom-then-array"],
 )
 async def test_a_batch_upload_that_is_not_jsonl_is_a_400_mentioning_jsonl(live: Live, content: bytes) -> None:
     async with async_client(live.base_url) as client:
@@ -142,7 +146,7 @@ async def test_a_batch_upload_that_is_not_jsonl_is_a_400_mentioning_jsonl(live: 
             await client.files.create(file=("input.jsonl", content), purpose="batch")
         after = await all_file_ids(client)
     error = sdk_error(caught.value, param="file")
-    assert ".jsonl" in error["message"]
+    assert error["message"].startswith("Invalid file format for Batch API. Must be .jsonl")
     assert after == before
 
 
@@ -280,3 +284,130 @@ async def test_a_malformed_multipart_body_is_a_400_not_a_500(live: Live) -> None
         status, text = answer.status, await answer.text()
     assert status == 400, f"a malformed multipart body answered {status}: {text}"
     assert_openai_error(json.loads(text))
+
+
+# issue 11: fidelity at the edges -------------------------------------------------------------------------------
+
+
+async def test_only_the_first_line_is_checked_at_upload_later_lines_fail_the_batch_with_their_number(
+    live: Live,
+) -> None:
+    """llama-stack's malformed-JSONL case: the upload succeeds, the batch fails with ``invalid_json_line`` at 2."""
+    content = jsonl([chat_line(0, content="first-line ok")]) + b"{not json\n" + jsonl([chat_line(2)])
+    async with async_client(live.base_url) as client:
+        uploaded = await client.files.create(file=("mixed.jsonl", content), purpose="batch")
+        batch = await client.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
+        done = await wait_batch(client, batch.id)
+        stored = (await client.files.content(uploaded.id)).content
+    assert stored == content
+    assert done.status == "failed" and done.errors is not None and done.errors.data is not None
+    assert [(e.line, e.code) for e in done.errors.data] == [(2, "invalid_json_line")]
+
+
+async def test_a_utf8_bom_is_dropped_from_a_batch_file_and_kept_in_other_files(live: Live) -> None:
+    lines = jsonl([chat_line(i, content=f"bom {i}") for i in range(2)])
+    async with async_client(live.base_url) as client:
+        uploaded = await client.files.create(file=("bom.jsonl", BOM + lines), purpose="batch")
+        stored = (await client.files.content(uploaded.id)).content
+        other = await client.files.create(file=("bom.txt", BOM + b"text"), purpose="user_data")
+        other_stored = (await client.files.content(other.id)).content
+        batch = await client.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
+        done = await wait_batch(client, batch.id)
+    assert (stored, uploaded.bytes) == (lines, len(lines))
+    assert (other_stored, other.bytes) == (BOM + b"text", len(BOM) + 4)
+    assert done.status == "completed" and done.request_counts is not None and done.request_counts.completed == 2
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["purpose-first", "purpose-after-file"])
+async def test_an_upload_with_purpose_batch_output_is_a_400_and_nothing_is_kept(live: Live, late: bool) -> None:
+    """Only the server writes ``batch_output`` files (a batch's results)."""
+    parts: list[tuple[str, Any, str | None]] = [("purpose", "batch_output", None), ("file", b'{"a": 1}\n', "o.jsonl")]
+    async with async_client(live.base_url) as client:
+        before, on_disk = await all_file_ids(client), stored_files(live)
+        status, body = await multipart(live, parts[::-1] if late else parts)
+        after = await all_file_ids(client)
+    assert status == 400, body
+    error = assert_openai_error(body, param="purpose")
+    assert error["code"] == "invalid_value" and "batch_output" in error["message"]
+    assert after == before and stored_files(live) == on_disk
+
+
+EXPIRY_CASES: list[tuple[dict[str, str], str | None]] = [
+    ({"expires_after[anchor]": "created_at", "expires_after[seconds]": "7200"}, None),
+    ({"expires_after[anchor]": "created_at", "expires_after[seconds]": "3600"}, None),
+    ({"expires_after[anchor]": "created_at", "expires_after[seconds]": "2592000"}, None),
+    ({"expires_after[anchor]": "created_at", "expires_after[seconds]": "3599"}, "expires_after.seconds"),
+    ({"expires_after[anchor]": "created_at", "expires_after[seconds]": "2592001"}, "expires_after.seconds"),
+    ({"expires_after[anchor]": "created_at", "expires_after[seconds]": "garbage"}, "expires_after.seconds"),
+    ({"expires_after[anchor]": "created_at", "expires_after[seconds]": "7200.0"}, "expires_after.seconds"),
+    ({"expires_after[anchor]": "created_at", "expires_after[seconds]": ""}, "expires_after.seconds"),
+    ({"expires_after[anchor]": "updated_at", "expires_after[seconds]": "7200"}, "expires_after.anchor"),
+    ({"expires_after[seconds]": "7200"}, "expires_after.anchor"),
+    ({"expires_after[anchor]": "created_at"}, "expires_after.seconds"),
+]
+
+
+@pytest.mark.parametrize("order", ["fields-first", "file-between", "file-first"])
+@pytest.mark.parametrize(("fields", "param"), EXPIRY_CASES, ids=[f"case{i}" for i in range(len(EXPIRY_CASES))])
+async def test_expires_after_is_read_and_checked_wherever_it_sits_in_the_form(
+    live: Live, order: str, fields: dict[str, str], param: str | None
+) -> None:
+    """Before the file, after it (purpose first: the file is already streaming to the provider), or everything after
+    the file (spooled): a valid expiry always sets ``expires_at``, an invalid one is a 400 naming the field."""
+    expiry: list[tuple[str, Any, str | None]] = [(name, value, None) for name, value in fields.items()]
+    purpose: list[tuple[str, Any, str | None]] = [("purpose", "user_data", None)]
+    file: list[tuple[str, Any, str | None]] = [("file", b"expiring content", "e.txt")]
+    parts = {
+        "fields-first": purpose + expiry + file,
+        "file-between": purpose + file + expiry,
+        "file-first": file + purpose + expiry,
+    }[order]
+    async with async_client(live.base_url) as client:
+        before, on_disk = await all_file_ids(client), stored_files(live)
+        status, body = await multipart(live, parts)
+        after = await all_file_ids(client)
+        if status == 200:
+            retrieved = await client.files.retrieve(body["id"])
+            content = (await client.files.content(body["id"])).content
+            await client.files.delete(body["id"])
+    if param is None:
+        assert status == 200, body
+        seconds = int(fields["expires_after[seconds]"])
+        assert body["expires_at"] == body["created_at"] + seconds and retrieved.expires_at == body["expires_at"]
+        assert content == b"expiring content" and [i for i in after if i not in before] == [body["id"]]
+    else:
+        assert status == 400, body
+        assert_openai_error(body, param=param)
+        assert after == before and stored_files(live) == on_disk
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        ("invoice\u202egnp.exe", "invoicegnp.exe"),
+        ("a\u2066b\u2067c\u2068d\u2069e.txt", "abcde.txt"),
+        ("\u200eleft\u200fright\u061c.txt", "leftright.txt"),
+        ("c1\u0085\u009bcontrols.txt", "c1controls.txt"),
+        ("../../etc/pass\u202dwd", "passwd"),
+        ("emoji \U0001f600 and ü.txt", "emoji \U0001f600 and ü.txt"),
+    ],
+    ids=["rlo", "isolates", "marks", "c1", "path-and-lro", "plain-unicode"],
+)
+async def test_file_names_lose_control_and_bidi_characters(live: Live, sent: str, kept: str) -> None:
+    async with async_client(live.base_url) as client:
+        created = await client.files.create(file=(sent, b"name test"), purpose="user_data")
+        listed = [f.filename async for f in client.files.list(purpose="user_data") if f.id == created.id]
+        await client.files.delete(created.id)
+    assert created.filename == kept and listed == [kept]
+
+
+async def test_each_form_field_counts_once(live: Live) -> None:
+    async with async_client(live.base_url) as client:
+        before = await all_file_ids(client)
+        twice = [("purpose", "user_data", None), ("purpose", "batch", None), ("file", b"x", "a.txt")]
+        two_files = [("purpose", "user_data", None), ("file", b"x", "a.txt"), ("file", b"y", "b.txt")]
+        answers = [await multipart(live, twice), await multipart(live, two_files)]
+        assert await all_file_ids(client) == before
+    for (status, body), param in zip(answers, ["purpose", "file"], strict=True):
+        assert status == 400, body
+        assert assert_openai_error(body, param=param)["code"] == "duplicate_parameter"

@@ -5,6 +5,7 @@ Uploads take an async byte stream and content is returned as one, so no file is 
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterable, AsyncIterator
 from enum import StrEnum
 from typing import Literal, Protocol, runtime_checkable
@@ -16,13 +17,17 @@ from ..errors import InvalidRequestError, quoted
 from .common import ListResponse, Order
 
 __all__ = [
+    "UPLOAD_PURPOSES",
     "ExpiresAfter",
     "FileDeleted",
     "FileObject",
     "FilePurpose",
     "Files",
     "ListFilesResponse",
+    "plausible_file_id",
 ]
+
+_FILE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:=+-]{0,255}")
 
 
 class FilePurpose(StrEnum):
@@ -47,6 +52,17 @@ class FilePurpose(StrEnum):
                 code="invalid_value",
                 param="purpose",
             ) from None
+
+
+UPLOAD_PURPOSES = tuple(p for p in FilePurpose if p is not FilePurpose.batch_output)
+"""The purposes a client may upload with: ``batch_output`` files are written by the server only."""
+
+
+def plausible_file_id(value: str) -> bool:
+    """Whether ``value`` has the shape of a file id of any provider (OpenAI's ``file-abc123``, a uuid, a proxy's
+    base64 id): 1 to 256 ASCII letters, digits and ``_ . : = + -``, starting with a letter or digit. Anything else
+    (a NUL, a control character, a space, a slash, a percent sign, non-ASCII, 10 KB) names no file anywhere."""
+    return _FILE_ID.fullmatch(value) is not None
 
 
 class ExpiresAfter(BaseModel):

@@ -2,23 +2,40 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
-from ..api import ExpiresAfter, FileDeleted, FileObject, FilePurpose, ListFilesResponse, ListModelsResponse, Order
+from ..api import (
+    ExpiresAfter,
+    FileDeleted,
+    FileObject,
+    FilePurpose,
+    Files,
+    ListFilesResponse,
+    ListModelsResponse,
+    Order,
+)
+from ..api.files import UPLOAD_PURPOSES, plausible_file_id
 from ..api.models import OpenAIModel
-from ..errors import InvalidRequestError, quoted
+from ..errors import InvalidRequestError, NotFoundError, quoted
 from ..stack import Stack
 from .jsonl import checked_jsonl
+from .upload_config import UploadsConfig
 from .uploads import StreamingForm, spool
 
-__all__ = ["files_router", "models_router"]
+__all__ = ["DEFAULT_MAX_FILE_BYTES", "files_router", "models_router"]
 
 files_router = APIRouter(prefix="/v1/files", tags=["Files"])
 models_router = APIRouter(prefix="/v1/models", tags=["Models"])
+
+DEFAULT_MAX_FILE_BYTES = 512 * 1024 * 1024
+"""The upload cap when the files provider does not say its own (``max_file_size_bytes``): OpenAI's 512 MB."""
+_MIN_SECONDS, _MAX_SECONDS = 3600, 2_592_000
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
 
 _UPLOAD_SCHEMA: dict[str, Any] = {
     "requestBody": {
@@ -30,9 +47,9 @@ _UPLOAD_SCHEMA: dict[str, Any] = {
                     "required": ["file", "purpose"],
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
-                        "purpose": {"type": "string", "enum": [p.value for p in FilePurpose]},
+                        "purpose": {"type": "string", "enum": [p.value for p in UPLOAD_PURPOSES]},
                         "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
-                        "expires_after[seconds]": {"type": "integer", "minimum": 3600, "maximum": 2592000},
+                        "expires_after[seconds]": {"type": "integer", "minimum": _MIN_SECONDS, "maximum": _MAX_SECONDS},
                     },
                 }
             }
@@ -46,51 +63,114 @@ def _stack(request: Request) -> Stack:
     return stack
 
 
+def _file_id(file_id: str) -> str:
+    """``file_id``, or a 404 before any lookup when no provider could have made it (a NUL, a slash, 10 KB...)."""
+    if not plausible_file_id(file_id):
+        raise NotFoundError.for_resource("file", file_id, param="file_id")
+    return file_id
+
+
 def _purpose(fields: dict[str, str]) -> FilePurpose:
     value = fields.get("purpose")
     if value is None:
         raise InvalidRequestError(
             "Missing required parameter: 'purpose'.", code="missing_required_parameter", param="purpose"
         )
-    try:
-        return FilePurpose(value)
-    except ValueError:
-        allowed = ", ".join(p.value for p in FilePurpose)
+    if value not in {p.value for p in UPLOAD_PURPOSES}:
+        allowed = ", ".join(quoted(p.value) for p in UPLOAD_PURPOSES)
+        written = " (batch_output files are written by the server)" if value == FilePurpose.batch_output else ""
         raise InvalidRequestError(
-            f"Invalid value: {quoted(value)}. Supported values are: {allowed}.", param="purpose"
-        ) from None
+            f"Invalid value: {quoted(value)}{written}. Supported values are: {allowed}.",
+            code="invalid_value",
+            param="purpose",
+        )
+    return FilePurpose(value)
+
+
+def _seconds(value: str) -> int:
+    param = "expires_after.seconds"
+    if _INTEGER.fullmatch(value) is None:
+        message = f"Invalid type for {quoted(param)}: expected an integer, but got {quoted(value)} instead."
+        raise InvalidRequestError(message, code="invalid_type", param=param)
+    seconds = int(value)
+    if seconds < _MIN_SECONDS:
+        bound, code = f">= {_MIN_SECONDS}", "integer_below_min_value"
+    elif seconds > _MAX_SECONDS:
+        bound, code = f"<= {_MAX_SECONDS}", "integer_above_max_value"
+    else:
+        return seconds
+    message = f"Invalid {quoted(param)}: expected a value {bound}, but got {seconds} instead."
+    raise InvalidRequestError(message, code=code, param=param)
 
 
 def _expires_after(fields: dict[str, str]) -> ExpiresAfter | None:
-    seconds = fields.get("expires_after[seconds]")
-    if seconds is None:
+    """``expires_after[anchor]`` and ``expires_after[seconds]`` as OpenAI checks them: both or neither, the anchor
+    ``created_at``, the seconds an integer from 3600 to 2592000; a 400 naming the field otherwise."""
+    anchor, seconds = fields.get("expires_after[anchor]"), fields.get("expires_after[seconds]")
+    if anchor is None and seconds is None:
         return None
+    for name, value in (("anchor", anchor), ("seconds", seconds)):
+        if value is None:
+            message = f"Missing required parameter: 'expires_after.{name}'."
+            raise InvalidRequestError(message, code="missing_required_parameter", param=f"expires_after.{name}")
+    if anchor != "created_at":
+        message = f"Invalid value: {quoted(anchor or '')}. Supported values are: 'created_at'."
+        raise InvalidRequestError(message, code="invalid_value", param="expires_after.anchor")
+    return ExpiresAfter(seconds=_seconds(seconds or ""))
+
+
+def _max_file_bytes(files: Files) -> int:
+    limit = getattr(files, "max_file_size_bytes", None)
+    return limit if isinstance(limit, int) and limit > 0 else DEFAULT_MAX_FILE_BYTES
+
+
+async def _then_rest(chunks: AsyncIterator[bytes], form: StreamingForm) -> AsyncIterator[bytes]:
+    """``chunks``, then the rest of the form read and its ``expires_after`` checked, before the provider keeps the
+    file (a bad late field makes it keep nothing)."""
+    async for chunk in chunks:
+        yield chunk
+    await form.rest()
+    _expires_after(form.fields)
+
+
+async def _expiring(files: Files, created: FileObject, form: StreamingForm, expires: ExpiresAfter) -> FileObject:
+    """``created`` stored again with ``expires`` (sent after the file part, too late to pass on), the first copy
+    deleted: a provider takes the expiry with the content."""
+    content = await files.openai_retrieve_file_content(created.id)
     try:
-        return ExpiresAfter(seconds=int(seconds))
-    except ValueError:
-        message = "expires_after[seconds] must be an integer from 3600 to 2592000."
-        raise InvalidRequestError(message, param="expires_after.seconds") from None
+        return await files.openai_upload_file(content, FilePurpose(created.purpose), form.filename or "upload", expires)
+    finally:
+        await files.openai_delete_file(created.id)
 
 
 @files_router.post("", response_model=FileObject, summary="Upload a file", openapi_extra=_UPLOAD_SCHEMA)
 async def upload_file(request: Request) -> FileObject:
-    """Multipart upload (``file``, ``purpose``, optional ``expires_after[...]``), streamed to the provider. A file of
-    purpose ``batch`` must be JSONL (one JSON object per line) and not empty."""
-    form = StreamingForm(request)
+    """Multipart upload (``file``, ``purpose``, optional ``expires_after[anchor]`` and ``expires_after[seconds]``, in
+    any order), streamed to the provider. A file of purpose ``batch`` must be JSONL: not empty, its first line a JSON
+    object; a UTF-8 byte order mark at its start is dropped."""
+    stack = _stack(request)
+    files, settings = stack.files, stack.config.server.uploads
+    form = StreamingForm(request, _max_file_bytes(files))
     if not await form.until_file():
         raise InvalidRequestError(
             "Missing required parameter: 'file'.", code="missing_required_parameter", param="file"
         )
     chunks: AsyncIterator[bytes] = form.file_chunks()
     if "purpose" not in form.fields:  # sent after the file: keep the file on disk until we know
-        chunks = await spool(chunks)
+        chunks = await spool(chunks, settings.spool_dir)
         await form.rest()
     purpose, expires = _purpose(form.fields), _expires_after(form.fields)
-    if purpose is FilePurpose.batch:
-        chunks = checked_jsonl(chunks)
-    created = await _stack(request).files.openai_upload_file(chunks, purpose, form.filename or "upload", expires)
-    await form.rest()
-    return created
+    created = await files.openai_upload_file(
+        _then_rest(_checked(chunks, purpose, settings), form), purpose, form.filename or "upload", expires
+    )
+    late = _expires_after(form.fields)  # each field comes once, so a late expiry is the only one
+    return created if late is None or expires is not None else await _expiring(files, created, form, late)
+
+
+def _checked(chunks: AsyncIterator[bytes], purpose: FilePurpose, settings: UploadsConfig) -> AsyncIterator[bytes]:
+    if purpose is not FilePurpose.batch:
+        return chunks
+    return checked_jsonl(chunks, every_line=settings.jsonl_check == "every_line")
 
 
 @files_router.get("", response_model=ListFilesResponse, summary="List files")
@@ -101,12 +181,14 @@ async def list_files(
     order: Annotated[Order, Query(description="By creation time.")] = Order.desc,
     purpose: Annotated[FilePurpose | None, Query(description="Only files with this purpose.")] = None,
 ) -> ListFilesResponse:
+    if after is not None and not plausible_file_id(after):
+        return ListFilesResponse.of([], has_more=False)  # a cursor no file can have: the page after it is empty
     return await _stack(request).files.openai_list_files(after=after, limit=limit, order=order, purpose=purpose)
 
 
 @files_router.get("/{file_id}", response_model=FileObject, summary="Retrieve a file's metadata")
 async def retrieve_file(file_id: str, request: Request) -> FileObject:
-    return await _stack(request).files.openai_retrieve_file(file_id)
+    return await _stack(request).files.openai_retrieve_file(_file_id(file_id))
 
 
 @files_router.get(
@@ -116,13 +198,17 @@ async def retrieve_file(file_id: str, request: Request) -> FileObject:
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
 async def file_content(file_id: str, request: Request) -> StreamingResponse:
-    stream = await _stack(request).files.openai_retrieve_file_content(file_id)
+    """The content, from a file the provider opened before this answers (a file deleted meanwhile is a 404, never a
+    broken body). A request body, which has no use here, is read (within the 1 MiB cap) before the answer, so that
+    the streamed answer's disconnect listener never reads one."""
+    await request.body()
+    stream = await _stack(request).files.openai_retrieve_file_content(_file_id(file_id))
     return StreamingResponse(stream, media_type="application/octet-stream")
 
 
 @files_router.delete("/{file_id}", response_model=FileDeleted, summary="Delete a file")
 async def delete_file(file_id: str, request: Request) -> FileDeleted:
-    return await _stack(request).files.openai_delete_file(file_id)
+    return await _stack(request).files.openai_delete_file(_file_id(file_id))
 
 
 @models_router.get("", response_model=ListModelsResponse, summary="List models")

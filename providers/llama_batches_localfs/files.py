@@ -2,11 +2,17 @@
 
 Content is written chunk by chunk to ``<storage_dir>/.<id>.part``, synced once and renamed to ``<storage_dir>/<id>``;
 the client's file name is metadata only, never a path. Metadata rows are owned by the current principal.
+
+A ``.part`` file left by a process killed mid-upload is removed when the provider starts, once it has not been
+written to for ``STALE_PART_SECS``: an upload in progress (here or in another process sharing the directory) writes
+to its ``.part`` at least every ``WRITE_INTERVAL_SECS`` while bytes arrive, so only one stalled for minutes could be
+taken for a leftover.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import time
@@ -29,15 +35,22 @@ from llama_batches.storage import Table
 
 from .config import LocalfsFilesImplConfig
 
-__all__ = ["LocalfsFilesImpl", "safe_filename"]
+__all__ = ["FileChunks", "LocalfsFilesImpl", "safe_filename", "sweep_parts"]
+
+logger = logging.getLogger(__name__)
 
 WRITE_BUFFER_BYTES = 1024 * 1024
+WRITE_INTERVAL_SECS = 10.0
+STALE_PART_SECS = 300.0
 READ_CHUNK_BYTES = 1024 * 1024
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 controls, DEL, and the bidirectional marks, embeddings, overrides and isolates (U+061C, U+200E/F,
+# U+202A..U+202E, U+2066..U+2069), which can make a name display as another (``invoice\u202egnp.exe``)
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def safe_filename(name: str) -> str:
-    """The client's file name reduced to a plain name: no directories, no control characters, <= 255 bytes."""
+    """The client's file name reduced to a plain name: no directories, no control or bidirectional formatting
+    characters, <= 255 bytes."""
     base = _UNSAFE.sub("", name.replace("\\", "/").rsplit("/", 1)[-1]).strip()
     if base in ("", ".", ".."):
         return "upload"
@@ -65,9 +78,17 @@ class LocalfsFilesImpl:
         self._new_id = new_id
         self._dir = Path(config.storage_dir).expanduser()
 
+    @property
+    def max_file_size_bytes(self) -> int:
+        """The largest file accepted (the server enforces it on the wire too, whatever the order of the form)."""
+        return self._config.max_file_size_bytes
+
     async def initialize(self) -> None:
-        """Create the storage directory."""
+        """Create the storage directory; remove the ``.part`` files left by uploads that were killed."""
         await asyncio.to_thread(self._dir.mkdir, parents=True, exist_ok=True)
+        swept = await asyncio.to_thread(sweep_parts, self._dir, time.time() - STALE_PART_SECS)
+        if swept:
+            logger.warning("removed %d unfinished upload(s) left in %s", swept, self._dir)
 
     async def shutdown(self) -> None:
         """Nothing to release: the stack closes the store."""
@@ -118,7 +139,10 @@ class LocalfsFilesImpl:
         return size
 
     async def _copy(self, chunks: AsyncIterable[bytes], handle: BinaryIO) -> int:
+        """Write ``chunks`` to ``handle`` by at least ``WRITE_BUFFER_BYTES`` (or every ``WRITE_INTERVAL_SECS``, so
+        a slow upload's ``.part`` never looks abandoned); 413 on the first byte past the limit."""
         size, buffer, limit = 0, bytearray(), self._config.max_file_size_bytes
+        written = time.monotonic()
         async for chunk in chunks:
             size += len(chunk)
             if size > limit:
@@ -126,9 +150,10 @@ class LocalfsFilesImpl:
                     f"The file is larger than the limit of {limit} bytes.", code="file_too_large", param="file"
                 )
             buffer += chunk
-            if len(buffer) >= WRITE_BUFFER_BYTES:
+            if len(buffer) >= WRITE_BUFFER_BYTES or time.monotonic() - written >= WRITE_INTERVAL_SECS:
                 await asyncio.to_thread(handle.write, bytes(buffer))
                 buffer.clear()
+                written = time.monotonic()
         if buffer:
             await asyncio.to_thread(handle.write, bytes(buffer))
         return size
@@ -157,11 +182,14 @@ class LocalfsFilesImpl:
         return record
 
     async def openai_retrieve_file_content(self, file_id: str) -> AsyncIterator[bytes]:
+        """The content, from a file opened before this returns: a file deleted afterwards is still read whole (an
+        open file keeps its data), and one deleted before is a NotFoundError, never a stream that breaks."""
         await self.openai_retrieve_file(file_id)
-        path = self._path(file_id)
-        if not await asyncio.to_thread(path.is_file):
-            raise NotFoundError(f"The content of file {quoted(file_id)} is missing.", param="file_id")
-        return _read_chunks(path)
+        try:
+            handle = self._path(file_id).open("rb")  # a quick syscall, in the loop: see FileChunks
+        except (FileNotFoundError, IsADirectoryError):
+            raise NotFoundError(f"The content of file {quoted(file_id)} is missing.", param="file_id") from None
+        return FileChunks(handle)
 
     async def openai_delete_file(self, file_id: str) -> FileDeleted:
         await self.openai_retrieve_file(file_id)
@@ -180,12 +208,41 @@ def _sync_and_close(handle: BinaryIO) -> None:
     handle.close()
 
 
-async def _read_chunks(path: Path) -> AsyncIterator[bytes]:
-    """The file's chunks; it is opened on the first read, so a stream never iterated holds no file open. Open and
-    close are quick syscalls made in the loop, so that a cancellation cannot lose the handle between threads."""
-    handle = path.open("rb")
-    try:
-        while chunk := await asyncio.to_thread(handle.read, READ_CHUNK_BYTES):
-            yield chunk
-    finally:
-        handle.close()
+class FileChunks:
+    """An open file's content as async chunks, read in a thread. It is closed at its end, on ``aclose`` or when
+    dropped unread (a response never sent); open and close happen in the loop, so that a cancellation cannot lose
+    the handle between threads."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+
+    def __aiter__(self) -> FileChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._handle.closed:
+            raise StopAsyncIteration
+        chunk = await asyncio.to_thread(self._handle.read, READ_CHUNK_BYTES)
+        if not chunk:
+            self._handle.close()
+            raise StopAsyncIteration
+        return chunk
+
+    async def aclose(self) -> None:
+        self._handle.close()
+
+    def __del__(self) -> None:
+        self._handle.close()
+
+
+def sweep_parts(directory: Path, before: float) -> int:
+    """Remove the ``.part`` files of ``directory`` last written before ``before`` (a time.time() value); how many."""
+    removed = 0
+    for path in directory.glob(".*.part"):
+        try:
+            if path.is_file() and path.stat().st_mtime < before:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:  # another process swept it first
+            continue
+    return removed

@@ -52,7 +52,8 @@ class FilesConformance:
         assert created.bytes == sum(map(len, payload))
 
     async def test_an_empty_file_can_be_stored(self, files_impl: Files) -> None:
-        created = await files_impl.openai_upload_file(chunks([]), FilePurpose.batch_output, "empty.jsonl")
+        # user_data: batch_output is no upload purpose for a remote (OpenAI's, or llama-batches serve's)
+        created = await files_impl.openai_upload_file(chunks([]), FilePurpose.user_data, "empty.jsonl")
         assert created.bytes == 0
         assert await read_all(files_impl, created.id) == b""
 
