@@ -162,3 +162,12 @@ def test_an_upstream_error_keeps_a_short_message_and_only_string_codes() -> None
     error = error_from_sdk(openai.BadRequestError("x", response=response, body=body), "The backend")
     assert error.code is None and error.param is None and len(error.message) < 1100
     _fit_to_store(error.message)
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"), [(None, "null"), (True, "a boolean"), (3, "a number"), (1.5, "a number"), ([], "an array")]
+)
+def test_a_metadata_value_of_the_wrong_type_is_named_for_what_it_is(value: object, kind: str) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        check_metadata({"k": value})
+    assert info.value.message.endswith(f"expected a string, but got {kind} instead.")

@@ -64,6 +64,9 @@ def check_create(endpoint: str, completion_window: str, windows: list[str], idem
     return target
 
 
+_KINDS: dict[type, str] = {list: "an array", dict: "an object", type(None): "null", bool: "a boolean"}
+
+
 def check_metadata(metadata: Mapping[str, Any] | None) -> None:
     """OpenAI's metadata rules: at most 16 pairs, keys <= 64 characters, string values <= 512 characters."""
     if metadata is None:
@@ -93,7 +96,7 @@ def _check_metadata_pair(key: object, value: object) -> None:
         raise _invalid(f"Invalid 'metadata': the key {quoted(key)} holds NUL or a lone surrogate.", "metadata")
     name = quoted(f"metadata.{key}", len("metadata.") + MAX_METADATA_KEY)
     if not isinstance(value, str):
-        kind = "an array" if isinstance(value, list) else "an object" if isinstance(value, dict) else "a number"
+        kind = _KINDS.get(type(value), "a number")
         raise _invalid(
             f"Invalid type for {name}: expected a string, but got {kind} instead.", f"metadata.{key}", "invalid_type"
         )
