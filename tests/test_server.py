@@ -414,6 +414,34 @@ async def test_lines_that_pass_the_upload_check_but_not_validation_fail_the_batc
     assert not any(key.startswith("malformed") for key in live.backend.seen)  # nothing ran
 
 
+async def test_a_request_the_backend_refuses_says_why_in_its_response_and_in_its_error(live: Live) -> None:
+    """OpenAI's clients read the reason from the response body; llama-stack's from the line's `error`."""
+    refused = line_for(CHAT, 1, "refused")
+    refused["body"]["messages"] = []  # passes validation; the backend answers 400
+    async with async_client(live.base_url) as client:
+        file_id = await upload_batch_file(client, [line_for(CHAT, 0, "refused"), refused])
+        batch = await client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
+        done = await wait_batch(client, batch.id)
+        assert done.error_file_id is not None
+        [line] = [json.loads(text) for text in (await client.files.content(done.error_file_id)).text.splitlines()]
+    assert done.status == "completed" and done.request_counts is not None and done.request_counts.failed == 1
+    assert line["custom_id"] == "req-1" and line["response"]["status_code"] == 400
+    body_error = line["response"]["body"]["error"]
+    assert line["error"] == {"code": "invalid_request_error", "message": body_error["message"]}
+
+
+async def test_a_batch_of_two_models_fails_with_mismatched_model_on_each_other_line(live: Live) -> None:
+    other = line_for(CHAT, 1, "two-models")
+    lines = [line_for(CHAT, 0, "two-models"), {**other, "body": {**other["body"], "model": "fake-embed"}}]
+    async with async_client(live.base_url) as client:
+        file_id = await upload_batch_file(client, lines)
+        batch = await client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
+        done = await wait_batch(client, batch.id)
+    assert done.status == "failed" and done.errors is not None and done.errors.data is not None
+    assert [(e.line, e.code, e.param) for e in done.errors.data] == [(2, "mismatched_model", "body.model")]
+    assert not any(key.startswith("two-models") for key in live.backend.seen)  # nothing ran
+
+
 # 5. pagination (last: it adds 105 batches to this server) -----------------------------------------------------
 
 
