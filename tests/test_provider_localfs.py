@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from llama_batches import build_stack
 from llama_batches.api import ExpiresAfter, FileObject, FilePurpose, Files
+from llama_batches.api.files import LateExpiresAfter, LateExpiryFiles, late_expiry_files
 from llama_batches.errors import NotFoundError, PayloadTooLargeError
 from llama_batches.storage import MemoryDatabase
 from llama_batches_localfs.config import LocalfsFilesImplConfig
@@ -126,15 +128,54 @@ async def test_files_expire_after_their_lifetime(tmp_path: Path) -> None:
     table = await MemoryDatabase().table("f", FileObject)
     files = LocalfsFilesImpl(config, table, clock=clock)
     await files.initialize()
-    short = await files.openai_upload_file(chunks([JSONL]), FilePurpose.batch, "a", ExpiresAfter(seconds=3600))
-    default = await files.openai_upload_file(chunks([JSONL]), FilePurpose.batch, "b")
-    assert short.expires_at == 1_000_000 + 3600
-    assert default.expires_at == 1_000_000 + config.ttl_secs
-    clock.now += 3600
-    with pytest.raises(NotFoundError, match="expired"):
-        await files.openai_retrieve_file(short.id)
-    assert _files_on_disk(tmp_path) == [default.id]
-    assert await read_all(files, default.id) == JSONL
+    try:
+        short = await files.openai_upload_file(chunks([JSONL]), FilePurpose.batch, "a", ExpiresAfter(seconds=3600))
+        default = await files.openai_upload_file(chunks([JSONL]), FilePurpose.batch, "b")
+        assert short.expires_at == 1_000_000 + 3600
+        assert default.expires_at == 1_000_000 + config.ttl_secs
+        clock.now += 3600
+        with pytest.raises(NotFoundError, match="expired"):
+            await files.openai_retrieve_file(short.id)
+        assert _files_on_disk(tmp_path) == [default.id]
+        assert await read_all(files, default.id) == JSONL
+    finally:
+        await files.shutdown()
+
+
+def _late_files(files: Files) -> LateExpiryFiles:
+    taking = late_expiry_files(files)
+    assert taking is not None  # inline::localfs takes a late expiry
+    return taking
+
+
+async def _then(parts: list[bytes], at_end: Callable[[], None]) -> AsyncIterator[bytes]:
+    """``parts``, then ``at_end()`` called once they are all read (as the server reads the form's last fields)."""
+    for part in parts:
+        yield part
+    at_end()
+
+
+@pytest.mark.parametrize("expiry", [ExpiresAfter(seconds=7200), None], ids=["seconds", "none"])
+async def test_a_late_expiry_is_read_once_the_content_is_read(tmp_path: Path, expiry: ExpiresAfter | None) -> None:
+    late = LateExpiresAfter()
+    async with build_stack(files_config(tmp_path, {"type": "sql_memory"}, ttl_secs=99_999)) as stack:
+        created = await _late_files(stack.files).openai_upload_file(
+            _then([b"a", b"b"], lambda: late.set(expiry)), FilePurpose.user_data, "late.txt", late
+        )
+        listed = (await stack.files.openai_list_files()).data
+    assert created.expires_at == created.created_at + (expiry.seconds if expiry else 99_999)
+    assert [f.model_dump() for f in listed] == [created.model_dump()]
+
+
+async def test_a_late_expiry_that_never_comes_stores_nothing(tmp_path: Path) -> None:
+    """The expiry of a late one that was not set by the content's end is a bug: the upload fails, leaving nothing."""
+    async with build_stack(files_config(tmp_path, {"type": "sql_memory"})) as stack:
+        with pytest.raises(RuntimeError, match="before the end of its content"):
+            await _late_files(stack.files).openai_upload_file(
+                chunks([b"x"]), FilePurpose.user_data, "a", LateExpiresAfter()
+            )
+        assert _files_on_disk(tmp_path) == []
+        assert (await stack.files.openai_list_files()).data == []
 
 
 @pytest.mark.parametrize(
@@ -152,6 +193,30 @@ async def test_files_expire_after_their_lifetime(tmp_path: Path) -> None:
 )
 def test_file_names_lose_bidi_and_c1_characters(given: str, kept: str) -> None:
     assert safe_filename(given) == kept
+
+
+INVISIBLE = {
+    "zero-width-space": "\u200b",
+    "line-separator": "\u2028",
+    "paragraph-separator": "\u2029",
+    "byte-order-mark": "\ufeff",
+    "soft-hyphen": "\u00ad",
+    "mongolian-vowel-separator": "\u180e",
+    "word-joiner": "\u2060",
+    "invisible-times": "\u2062",
+    "language-tag": "\U000e0001",
+    "private-use": "\ue000",
+    "unassigned": "\U0010fffe",
+    "surrogate": "\ud800",
+}
+
+
+@pytest.mark.parametrize("char", INVISIBLE.values(), ids=INVISIBLE.keys())
+def test_file_names_lose_invisible_format_and_separator_characters(char: str) -> None:
+    """Categories Cc, Cf, Zl, Zp, Co, Cs and Cn go, wherever they are; spaces (Zs) stay."""
+    assert safe_filename(f"{char}re{char}port{char}.pdf{char}") == "report.pdf"
+    assert safe_filename(f"a{char} b\u00a0c\u3000d.txt") == "a b\u00a0c\u3000d.txt"
+    assert safe_filename(char * 3) == "upload"
 
 
 async def test_a_content_stream_opened_before_a_delete_reads_the_whole_file(tmp_path: Path) -> None:
@@ -197,3 +262,75 @@ async def test_stale_part_files_are_swept_at_start_and_fresh_ones_kept(tmp_path:
     os.utime(other, (long_ago, long_ago))
     async with build_stack(files_config(tmp_path, {"type": "sql_memory"})):
         assert sorted(p.name for p in directory.iterdir()) == [".file-new.part", "file-kept"]
+
+
+def _stale_part(directory: Path, name: str) -> Path:
+    """A ``.part`` file last written longer than STALE_PART_SECS ago: a killed upload's."""
+    path = directory / name
+    path.write_bytes(b"partial")
+    long_ago = time.time() - STALE_PART_SECS - 5
+    os.utime(path, (long_ago, long_ago))
+    return path
+
+
+async def _until_gone(path: Path, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while await asyncio.to_thread(path.exists):
+            await asyncio.sleep(0.02)
+
+
+async def test_stale_part_files_are_swept_while_the_provider_runs_and_not_after_shutdown(tmp_path: Path) -> None:
+    """Every ``part_sweep_interval_secs`` (real time, here 0.1 s), not only at start; fresh ones are kept."""
+    directory = tmp_path / "files"
+    config = files_config(tmp_path, {"type": "sql_memory"}, part_sweep_interval_secs=0.1)
+    async with build_stack(config):
+        fresh = directory / ".file-fresh.part"
+        fresh.write_bytes(b"an upload in progress in another process")
+        for i in range(3):  # each after the sweep at start: found by the periodic ones
+            await _until_gone(_stale_part(directory, f".file-killed-{i}.part"))
+        assert fresh.exists()
+    after = _stale_part(directory, ".file-after-shutdown.part")
+    await asyncio.sleep(0.4)
+    assert after.exists()
+
+
+async def test_an_upload_of_this_process_is_never_swept_however_long_it_stalls(tmp_path: Path) -> None:
+    directory = tmp_path / "files"
+    config = files_config(tmp_path, {"type": "sql_memory"}, part_sweep_interval_secs=0.05)
+    resume = asyncio.Event()
+
+    async def stalled() -> AsyncIterator[bytes]:
+        yield b'{"a": 1}\n'
+        await resume.wait()
+        yield b'{"b": 2}\n'
+
+    async with build_stack(config) as stack:
+        upload = asyncio.create_task(stack.files.openai_upload_file(stalled(), FilePurpose.batch, "slow.jsonl"))
+        async with asyncio.timeout(5):
+            while not (parts := list(directory.glob(".*.part"))):
+                await asyncio.sleep(0.01)
+        long_ago = time.time() - 10 * STALE_PART_SECS  # as if the client had sent nothing for 50 minutes
+        os.utime(parts[0], (long_ago, long_ago))
+        await asyncio.sleep(0.3)  # six sweeps
+        assert parts[0].exists()
+        resume.set()
+        created = await upload
+        assert await read_all(stack.files, created.id) == b'{"a": 1}\n{"b": 2}\n'
+
+
+@pytest.mark.parametrize("interval", [0, -1, STALE_PART_SECS + 1])
+def test_the_sweep_interval_is_positive_and_at_most_stale_part_secs(interval: float) -> None:
+    with pytest.raises(ValueError, match="part_sweep_interval_secs"):
+        LocalfsFilesImplConfig.model_validate(
+            {
+                "storage_dir": "x",
+                "metadata_store": {"backend": "m", "table_name": "f"},
+                "part_sweep_interval_secs": interval,
+            }
+        )
+    assert (
+        LocalfsFilesImplConfig.model_validate(
+            {"storage_dir": "x", "metadata_store": {"backend": "m", "table_name": "f"}}
+        ).part_sweep_interval_secs
+        == STALE_PART_SECS
+    )

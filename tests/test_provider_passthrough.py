@@ -4,17 +4,18 @@ subprocess: the batches and files conformance suites, and idempotency the remote
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-from aiohttp import ClientSession, web
+from aiohttp import ClientSession, FormData, web
 
 from llama_batches import build_stack
-from llama_batches.api import FilePurpose, Files
-from llama_batches.errors import ServiceUnavailableError, UpstreamTimeoutError
+from llama_batches.api import ExpiresAfter, FilePurpose, Files
+from llama_batches.api.files import LateExpiresAfter, late_expiry_files
+from llama_batches.errors import InvalidRequestError, ServiceUnavailableError, UpstreamTimeoutError
 
 from .conformance.batches import CHAT, BatchesConformance, BatchesEnv, chat_line, jsonl
 from .conformance.files import FilesConformance
@@ -204,3 +205,82 @@ async def test_a_create_that_timed_out_is_found_again_not_made_twice(tmp_path: P
     assert proxy.creates_forwarded == 1  # the retry found the first create on the remote instead of making another
     assert retried.id == again.id
     assert await remote_batch_ids(remote) == [retried.id]
+
+
+async def _post_form(base_url: str, parts: list[tuple[str, Any, str | None]]) -> tuple[int, Any]:
+    """POST /v1/files with the form ``parts`` (name, value, filename) in exactly this order."""
+    form = FormData()
+    for name, value, filename in parts:
+        form.add_field(name, value, **({} if filename is None else {"filename": filename}))
+    async with ClientSession() as session, session.post(f"{base_url}/files", data=form) as answer:
+        return answer.status, await answer.json()
+
+
+EXPIRY_AFTER_FILE: dict[str, list[tuple[str, Any, str | None]]] = {
+    "file-between": [
+        ("purpose", "user_data", None),
+        ("file", b"late expiry", "late.txt"),
+        ("expires_after[anchor]", "created_at", None),
+        ("expires_after[seconds]", "7200", None),
+    ],
+    "split": [
+        ("purpose", "user_data", None),
+        ("expires_after[seconds]", "7200", None),
+        ("file", b"late expiry", "late.txt"),
+        ("expires_after[anchor]", "created_at", None),
+    ],
+}
+
+
+@pytest.mark.parametrize("order", EXPIRY_AFTER_FILE)
+async def test_an_expiry_after_the_file_part_reaches_the_remote_in_the_same_upload(
+    tmp_path: Path, remote: ServerProcess, order: str
+) -> None:
+    """The front streams the file to the remote and sends the expiry fields after it, once read: one remote file,
+    with its expiry; a bad late field is the front's 400, and the remote keeps nothing."""
+    front_dir = tmp_path / "front"
+    front_dir.mkdir()
+    front = ServerProcess(front_config(front_dir, remote.base_url), front_dir)
+    async with front, openai.AsyncOpenAI(base_url=remote.base_url, api_key="direct") as direct:
+        before = [f.id async for f in direct.files.list()]
+        status, body = await _post_form(front.base_url, EXPIRY_AFTER_FILE[order])
+        on_remote = await direct.files.retrieve(body["id"])
+        bad = [(n, "3599" if n == "expires_after[seconds]" else v, f) for n, v, f in EXPIRY_AFTER_FILE[order]]
+        bad_status, bad_body = await _post_form(front.base_url, bad)
+        after = [f.id async for f in direct.files.list()]
+        no_expiry = [p for p in EXPIRY_AFTER_FILE[order] if not p[0].startswith("expires_after")]
+        plain_status, plain = await _post_form(front.base_url, no_expiry)
+    assert status == 200, body
+    assert body["expires_at"] == body["created_at"] + 7200 and on_remote.expires_at == body["expires_at"]
+    assert [i for i in after if i not in before] == [body["id"]]
+    assert bad_status == 400 and bad_body["error"]["param"] == "expires_after.seconds", bad_body
+    assert plain_status == 200 and plain["expires_at"] == plain["created_at"] + 365 * 24 * 3600
+
+
+async def test_a_late_expiry_is_sent_after_the_content_and_a_content_error_is_its_own(
+    env: BatchesEnv, remote: ServerProcess
+) -> None:
+    """A :class:`LateExpiresAfter` is read once the content has been streamed (it is set only then here), and an
+    error the content raises at its end is the upload's error, not a 503, the remote keeping nothing."""
+    late, files = LateExpiresAfter(), late_expiry_files(env.files)
+    assert files is not None  # remote::passthrough takes a late expiry
+
+    async def content(at_end: Callable[[], None]) -> AsyncIterator[bytes]:
+        yield b"late expiry, "
+        yield b"streamed"
+        at_end()
+
+    def refuse() -> None:
+        raise InvalidRequestError("a bad field after the file", param="expires_after.seconds")
+
+    created = await files.openai_upload_file(
+        content(lambda: late.set(ExpiresAfter(seconds=7200))), FilePurpose.user_data, "late.txt", late
+    )
+    async with openai.AsyncOpenAI(base_url=remote.base_url, api_key="direct") as direct:
+        on_remote = await direct.files.retrieve(created.id)
+        before = [f.id async for f in direct.files.list()]
+        with pytest.raises(InvalidRequestError) as info:
+            await files.openai_upload_file(content(refuse), FilePurpose.user_data, "bad.txt", LateExpiresAfter())
+        after = [f.id async for f in direct.files.list()]
+    assert created.expires_at == created.created_at + 7200 and on_remote.expires_at == created.expires_at
+    assert info.value.param == "expires_after.seconds" and after == before

@@ -8,6 +8,8 @@ One server for the module; its files provider accepts at most ``MAX_FILE_BYTES``
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator
@@ -344,16 +346,21 @@ EXPIRY_CASES: list[tuple[dict[str, str], str | None]] = [
     ({"expires_after[anchor]": "updated_at", "expires_after[seconds]": "7200"}, "expires_after.anchor"),
     ({"expires_after[seconds]": "7200"}, "expires_after.anchor"),
     ({"expires_after[anchor]": "created_at"}, "expires_after.seconds"),
+    # the other order of the fields: with order "split", seconds before the file and the anchor after it
+    ({"expires_after[seconds]": "7200", "expires_after[anchor]": "created_at"}, None),
+    ({"expires_after[seconds]": "3599", "expires_after[anchor]": "created_at"}, "expires_after.seconds"),
+    ({"expires_after[seconds]": "7200", "expires_after[anchor]": "updated_at"}, "expires_after.anchor"),
 ]
 
 
-@pytest.mark.parametrize("order", ["fields-first", "file-between", "file-first"])
+@pytest.mark.parametrize("order", ["fields-first", "file-between", "file-first", "split"])
 @pytest.mark.parametrize(("fields", "param"), EXPIRY_CASES, ids=[f"case{i}" for i in range(len(EXPIRY_CASES))])
 async def test_expires_after_is_read_and_checked_wherever_it_sits_in_the_form(
     live: Live, order: str, fields: dict[str, str], param: str | None
 ) -> None:
-    """Before the file, after it (purpose first: the file is already streaming to the provider), or everything after
-    the file (spooled): a valid expiry always sets ``expires_at``, an invalid one is a 400 naming the field."""
+    """Before the file, after it (purpose first: the file is already streaming to the provider), everything after
+    the file (spooled), or split around it (the first field before, the second after: checked once both are read):
+    a valid expiry always sets ``expires_at``, an invalid one is a 400 naming the field."""
     expiry: list[tuple[str, Any, str | None]] = [(name, value, None) for name, value in fields.items()]
     purpose: list[tuple[str, Any, str | None]] = [("purpose", "user_data", None)]
     file: list[tuple[str, Any, str | None]] = [("file", b"expiring content", "e.txt")]
@@ -361,6 +368,7 @@ async def test_expires_after_is_read_and_checked_wherever_it_sits_in_the_form(
         "fields-first": purpose + expiry + file,
         "file-between": purpose + file + expiry,
         "file-first": file + purpose + expiry,
+        "split": purpose + expiry[:1] + file + expiry[1:],
     }[order]
     async with async_client(live.base_url) as client:
         before, on_disk = await all_file_ids(client), stored_files(live)
@@ -411,3 +419,46 @@ async def test_each_form_field_counts_once(live: Live) -> None:
     for (status, body), param in zip(answers, ["purpose", "file"], strict=True):
         assert status == 400, body
         assert assert_openai_error(body, param=param)["code"] == "duplicate_parameter"
+
+
+async def _list_and_delete(live: Live, filename: str, stop: asyncio.Event, seen: dict[str, int]) -> None:
+    """List the files named ``filename`` as fast as possible, record each one's lifetime, delete it."""
+    async with async_client(live.base_url) as client:
+        while not stop.is_set():
+            for listed in [f async for f in client.files.list(purpose="user_data") if f.filename == filename]:
+                seen[listed.id] = (listed.expires_at or 0) - listed.created_at
+                with contextlib.suppress(openai.NotFoundError):  # the other lister was first
+                    await client.files.delete(listed.id)
+
+
+async def test_a_late_expiry_races_no_concurrent_list_or_delete(live: Live) -> None:
+    """Uploads whose ``expires_after`` follows the file part (purpose first, so the file streams to the provider
+    before the expiry is read) while two clients list and delete them as fast as they can: every upload answers 200
+    with the expiry it asked for, and no file is ever listed with another expiry (one stored, then stored again with
+    the expiry and the first copy deleted, would show it and answer 404 once that copy is deleted under it)."""
+    filename = f"race-{os.urandom(4).hex()}.bin"
+    parts: list[tuple[str, Any, str | None]] = [
+        ("purpose", "user_data", None),
+        ("file", os.urandom(256 * 1024), filename),
+        ("expires_after[anchor]", "created_at", None),
+        ("expires_after[seconds]", "7200", None),
+    ]
+    stop, seen = asyncio.Event(), dict[str, int]()
+    listers = [asyncio.create_task(_list_and_delete(live, filename, stop, seen)) for _ in range(2)]
+    try:
+        answers = [a for _ in range(6) for a in await asyncio.gather(*(multipart(live, parts) for _ in range(5)))]
+        await asyncio.sleep(0.2)  # the last uploads are listed (and deleted) too
+    finally:
+        stop.set()
+        await asyncio.gather(*listers)
+    async with async_client(live.base_url) as client:
+        left = [f async for f in client.files.list(purpose="user_data") if f.filename == filename]
+        for file in left:
+            await client.files.delete(file.id)
+    assert [status for status, _ in answers] == [200] * len(answers), [b for s, b in answers if s != 200]
+    ids = {body["id"] for _, body in answers}
+    assert len(ids) == len(answers) and {body["expires_at"] - body["created_at"] for _, body in answers} == {7200}
+    assert seen and set(seen.values()) == {7200}, seen
+    assert {(f.expires_at or 0) - f.created_at for f in left} <= {7200}
+    assert set(seen) | {f.id for f in left} == ids  # no file but those the uploads answered with
+    assert not [p.name for p in stored_files(live) if p.name in ids or p.name.endswith(".part")]

@@ -3,7 +3,9 @@ can have are answered before any query (a NUL is a 404 or an empty page on both 
 download that races a delete is either the whole file or a clean 404.
 
 And, on SQLite (no store involved): the ``.part`` file a ``kill -9`` leaves mid-upload is swept when the files
-provider starts again, while a fresh one (another process's upload) is kept.
+provider starts again, or while it runs when the restart came too soon to tell it from a live upload, while a fresh
+one (another process's upload) is kept; and a files provider that does not take a late expiry (a third party's,
+installed as a distribution) gets uploads whose expiry follows the file spooled, with their expiry.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import json
 import os
 import signal
 import socket
+import sys
+import textwrap
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -174,3 +178,138 @@ async def test_a_part_file_left_by_kill_9_is_swept_at_the_next_start(tmp_path: P
         async with ServerProcess(config, tmp_path):
             assert sorted(p.name for p in files.glob(".*.part")) == [fresh.name]
     assert "removed 1 unfinished upload(s)" in server.log_path.read_text()
+
+
+async def _kill_mid_upload(server: ServerProcess, files: Path) -> None:
+    """Start an upload, wait until its ``.part`` holds 2 MiB, kill -9 the server."""
+    assert server.process is not None
+    purpose_first = b'--killed\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nuser_data\r\n'
+    upload = _start_upload(server.port, purpose_first, 3 * 1024 * 1024)
+    await _wait_for(lambda: any(p.stat().st_size >= 2 * 1024 * 1024 for p in files.glob(".*.part")))
+    os.kill(server.process.pid, signal.SIGKILL)
+    await server.process.wait()
+    upload.close()
+
+
+async def test_a_part_file_left_by_kill_9_and_a_quick_restart_is_swept_while_the_server_runs(tmp_path: Path) -> None:
+    """Restarted at once, the server cannot tell the leftover from a live upload of another process and keeps it; it
+    is removed by a later sweep (every ``part_sweep_interval_secs``, 0.2 s here) once stale, as if minutes passed."""
+    files = tmp_path / "files"
+    async with FakeBackend() as backend:
+        config = reference_config(tmp_path, backend)
+        config["providers"]["files"][0]["config"]["part_sweep_interval_secs"] = 0.2
+        first = ServerProcess(config, tmp_path)
+        await first.start()
+        await _kill_mid_upload(first, files)
+        async with ServerProcess(config, tmp_path) as server:
+            [left] = list(files.glob(".*.part"))
+            fresh = files / ".file-another-process.part"
+            fresh.write_bytes(b"an upload in progress elsewhere")
+            await asyncio.sleep(0.5)  # sweeps ran: both are fresh
+            assert sorted(p.name for p in files.glob(".*.part")) == sorted([left.name, fresh.name])
+            long_ago = time.time() - STALE_PART_SECS - 5
+            os.utime(left, (long_ago, long_ago))
+            await _wait_for(lambda: not left.exists())
+            await asyncio.sleep(0.5)
+            assert [p.name for p in files.glob(".*.part")] == [fresh.name]
+    assert "removed 1 unfinished upload(s)" in server.log_path.read_text()
+
+
+_PLAIN_FILES = """
+from llama_batches.api import Api, ExpiresAfter
+from llama_batches.registry import ProviderKind, ProviderSpec
+from llama_batches_localfs.config import LocalfsFilesImplConfig
+
+
+class PlainFiles:
+    \"\"\"inline::localfs behind a provider that knows nothing of late expiries (no accepts_late_expiry).\"\"\"
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def openai_upload_file(self, file, purpose, filename, expires_after=None):
+        if expires_after is not None and type(expires_after) is not ExpiresAfter:
+            raise TypeError(f"handed a {type(expires_after).__name__}")
+        return await self.inner.openai_upload_file(file, purpose, filename, expires_after)
+
+    async def openai_list_files(self, after=None, limit=10_000, order="desc", purpose=None):
+        return await self.inner.openai_list_files(after, limit, order, purpose)
+
+    async def openai_retrieve_file(self, file_id):
+        return await self.inner.openai_retrieve_file(file_id)
+
+    async def openai_retrieve_file_content(self, file_id):
+        return await self.inner.openai_retrieve_file_content(file_id)
+
+    async def openai_delete_file(self, file_id):
+        return await self.inner.openai_delete_file(file_id)
+
+    async def shutdown(self):
+        await self.inner.shutdown()
+
+
+async def get_provider_impl(config, deps):
+    from llama_batches_localfs import get_provider_impl as localfs
+
+    return PlainFiles(await localfs(config, deps))
+
+
+PROVIDER_SPECS = [
+    ProviderSpec(
+        api=Api.files,
+        kind=ProviderKind.inline,
+        name="plain-files",
+        config_class=LocalfsFilesImplConfig,
+        module="plain_files_provider",
+    )
+]
+"""
+
+
+def _install_plain_files(directory: Path) -> dict[str, str]:
+    """``inline::plain-files`` installed in ``directory`` as a distribution; the environment that finds it."""
+    directory.mkdir()
+    (directory / "plain_files_provider.py").write_text(textwrap.dedent(_PLAIN_FILES))
+    info = directory / "plain_files_provider-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: plain-files-provider\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[llama_batches.providers]\nplain = plain_files_provider:PROVIDER_SPECS\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(directory), *sys.path])}
+
+
+Parts = list[tuple[str, Any, str | None]]
+EXPIRY: Parts = [("expires_after[anchor]", "created_at", None), ("expires_after[seconds]", "7200", None)]
+PURPOSE: Parts = [("purpose", "user_data", None)]
+FILE: Parts = [("file", b"spooled until the expiry", "plain.txt")]
+ORDERS: dict[str, Parts] = {
+    "fields-first": PURPOSE + EXPIRY + FILE,
+    "file-between": PURPOSE + FILE + EXPIRY,
+    "split": PURPOSE + EXPIRY[1:] + FILE + EXPIRY[:1],
+    "file-first": FILE + PURPOSE + EXPIRY,
+}
+
+
+async def _post_form(base_url: str, parts: list[tuple[str, Any, str | None]]) -> tuple[int, Any]:
+    form = aiohttp.FormData()
+    for name, value, filename in parts:
+        form.add_field(name, value, **({} if filename is None else {"filename": filename}))
+    async with aiohttp.ClientSession() as session, session.post(f"{base_url}/files", data=form) as answer:
+        return answer.status, await answer.json()
+
+
+async def test_a_files_provider_without_late_expiries_gets_the_file_spooled_with_its_expiry(tmp_path: Path) -> None:
+    env = _install_plain_files(tmp_path / "site")
+    async with FakeBackend() as backend:
+        config = reference_config(tmp_path, backend)
+        config["providers"]["files"][0]["provider_type"] = "inline::plain-files"
+        async with ServerProcess(config, tmp_path, env=env) as server, async_client(server.base_url) as client:
+            answers = {order: await _post_form(server.base_url, parts) for order, parts in ORDERS.items()}
+            bad = [(n, "3599" if n == "expires_after[seconds]" else v, f) for n, v, f in ORDERS["file-between"]]
+            bad_status, bad_body = await _post_form(server.base_url, bad)
+            listed = [f async for f in client.files.list()]
+    for order, (status, body) in answers.items():
+        assert status == 200, (order, body)
+        assert body["expires_at"] == body["created_at"] + 7200, order
+    assert bad_status == 400 and assert_openai_error(bad_body, param="expires_after.seconds")
+    assert sorted(f.id for f in listed) == sorted(body["id"] for _, body in answers.values())
+    assert {(f.expires_at or 0) - f.created_at for f in listed} == {7200}

@@ -176,7 +176,8 @@ async def test_every_error_answer_is_declared_with_openais_error_schema_and_none
     for path, item in document["paths"].items():
         for method, operation in item.items():
             responses = operation["responses"]
-            expected = {"400", "500"} | ({"404"} if "{" in path else set())
+            # any request may carry a body, which is capped and timed: every operation can answer 408 and 413
+            expected = {"400", "408", "413", "500"} | ({"404"} if "{" in path else set())
             assert "422" not in responses, (method, path)
             assert expected <= set(responses), (method, path, sorted(responses))
             for status, response in responses.items():
@@ -187,6 +188,8 @@ async def test_every_error_answer_is_declared_with_openais_error_schema_and_none
     assert create["409"]["headers"]["x-should-retry"]["schema"] == {"type": "string", "enum": ["false"]}
     assert "Idempotent-Replayed" in create["200"]["headers"]
     assert "409" in document["paths"]["/v1/batches/{batch_id}/cancel"]["post"]["responses"]
+    upload = document["paths"]["/v1/files"]["post"]["responses"]  # server.uploads.max_concurrent_uploads
+    assert upload["429"]["headers"]["Retry-After"]["schema"] == {"type": "integer", "minimum": 1}
 
 
 @pytest.mark.parametrize(("path", "bounds"), [("/v1/batches", (1, 100)), ("/v1/files", (1, 10_000))])

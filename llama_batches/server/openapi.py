@@ -4,11 +4,12 @@ error schema, and none that it cannot (FastAPI's default 422: request validation
 Routes may declare their own error answers with :func:`error_responses`; :func:`install_openapi` then completes every
 operation of the app, whoever wrote its route, by one rule:
 
-- every operation: 400 (a query, header or body the server refuses) and 500;
+- every operation: 400 (a query, header or body the server refuses), 408 and 413 (any request may carry a body,
+  which the server caps and times, :mod:`.limits`) and 500;
 - an operation with path parameters: 404 (no such resource, or not the caller's);
-- an operation with a request body: 413 (the body is over its cap);
 - an operation served by a provider (all but the public ones): 429, 502, 503 and 504 (the engine's in-flight limit,
-  or an upstream (inference server, remote API) that refused, failed, cannot be reached or timed out);
+  the server's concurrent uploads, or an upstream (inference server, remote API) that refused, failed, cannot be
+  reached or timed out);
 - with ``server.auth``, every operation but the public ones: 401 and 503 (authentication service down), and the
   bearer security scheme.
 
@@ -37,9 +38,13 @@ DESCRIPTIONS = {
     400: "The request is invalid; `param` names the parameter.",
     401: "No bearer token, or one that does not verify.",
     404: "No such resource (another principal's is absent too).",
+    408: "The request body sent nothing for `server.uploads.idle_timeout_s`; the connection is closed.",
     409: "The request conflicts with the resource's state or with an earlier use of the idempotency key.",
-    413: "The request body is larger than its cap.",
-    429: "Too many batches in flight, or an upstream's rate limit; retry after Retry-After seconds when given.",
+    413: "The request body is larger than its cap (every route has one); the route did nothing.",
+    429: (
+        "Too many batches in flight, too many uploads at once, or an upstream's rate limit; retry after Retry-After "
+        "seconds when given."
+    ),
     500: "An unexpected error of the server.",
     502: "An upstream (inference server, remote API) refused or failed the request.",
     503: "An upstream or the authentication service cannot be reached.",
@@ -92,11 +97,9 @@ def error_responses(*statuses: int, replayed: bool = False) -> dict[int | str, d
 
 
 def _statuses(operation: dict[str, Any], *, public: bool, authenticated: bool) -> list[int]:
-    statuses = [400, 500]
+    statuses = [400, 408, 413, 500]
     if any(p.get("in") == "path" for p in operation.get("parameters", [])):
         statuses.append(404)
-    if "requestBody" in operation:
-        statuses.append(413)
     if not public:
         statuses += [429, 502, 503, 504]
     if authenticated and not public:

@@ -19,7 +19,7 @@ from ..api import (
     ListModelsResponse,
     Order,
 )
-from ..api.files import UPLOAD_PURPOSES, plausible_file_id
+from ..api.files import UPLOAD_PURPOSES, LateExpiresAfter, late_expiry_files, plausible_file_id
 from ..api.models import OpenAIModel
 from ..errors import InvalidRequestError, NotFoundError, quoted
 from ..stack import Stack
@@ -36,6 +36,7 @@ DEFAULT_MAX_FILE_BYTES = 512 * 1024 * 1024
 """The upload cap when the files provider does not say its own (``max_file_size_bytes``): OpenAI's 512 MB."""
 _MIN_SECONDS, _MAX_SECONDS = 3600, 2_592_000
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
+_EXPIRY_FIELDS = frozenset({"expires_after[anchor]", "expires_after[seconds]"})
 
 _UPLOAD_SCHEMA: dict[str, Any] = {
     "requestBody": {
@@ -124,30 +125,29 @@ def _max_file_bytes(files: Files) -> int:
     return limit if isinstance(limit, int) and limit > 0 else DEFAULT_MAX_FILE_BYTES
 
 
-async def _then_rest(chunks: AsyncIterator[bytes], form: StreamingForm) -> AsyncIterator[bytes]:
-    """``chunks``, then the rest of the form read and its ``expires_after`` checked, before the provider keeps the
-    file (a bad late field makes it keep nothing)."""
+async def _then_rest(
+    chunks: AsyncIterator[bytes], form: StreamingForm, late: LateExpiresAfter | None
+) -> AsyncIterator[bytes]:
+    """``chunks``, then the rest of the form read and its ``expires_after`` checked (and handed to ``late``), before
+    the provider keeps the file: a bad late field makes it keep nothing."""
     async for chunk in chunks:
         yield chunk
     await form.rest()
-    _expires_after(form.fields)
-
-
-async def _expiring(files: Files, created: FileObject, form: StreamingForm, expires: ExpiresAfter) -> FileObject:
-    """``created`` stored again with ``expires`` (sent after the file part, too late to pass on), the first copy
-    deleted: a provider takes the expiry with the content."""
-    content = await files.openai_retrieve_file_content(created.id)
-    try:
-        return await files.openai_upload_file(content, FilePurpose(created.purpose), form.filename or "upload", expires)
-    finally:
-        await files.openai_delete_file(created.id)
+    expires = _expires_after(form.fields)
+    if late is not None:
+        late.set(expires)
 
 
 @files_router.post("", response_model=FileObject, summary="Upload a file", openapi_extra=_UPLOAD_SCHEMA)
 async def upload_file(request: Request) -> FileObject:
     """Multipart upload (``file``, ``purpose``, optional ``expires_after[anchor]`` and ``expires_after[seconds]``, in
     any order), streamed to the provider. A file of purpose ``batch`` must be JSONL: not empty, its first line a JSON
-    object; a UTF-8 byte order mark at its start is dropped."""
+    object; a UTF-8 byte order mark at its start is dropped.
+
+    Fields sent before the file are checked before it is read. When ``purpose`` comes after the file, the file is
+    spooled until it is known. An ``expires_after`` not wholly sent before the file is known once the file is read:
+    the provider is handed a :class:`LateExpiresAfter` it resolves then, before it keeps anything (a provider that
+    does not take one gets the file spooled instead), so a file never exists with another expiry."""
     stack = _stack(request)
     files, settings = stack.files, stack.config.server.uploads
     form = StreamingForm(request, _max_file_bytes(files))
@@ -156,15 +156,21 @@ async def upload_file(request: Request) -> FileObject:
             "Missing required parameter: 'file'.", code="missing_required_parameter", param="file"
         )
     chunks: AsyncIterator[bytes] = form.file_chunks()
-    if "purpose" not in form.fields:  # sent after the file: keep the file on disk until we know
+    purpose = _purpose(form.fields) if "purpose" in form.fields else None
+    expiry_first = form.fields.keys() >= _EXPIRY_FIELDS  # else it is checked once the rest of the form is read
+    name, late_files = form.filename or "upload", late_expiry_files(files)
+    if purpose is not None and not expiry_first and late_files is not None:
+        late = LateExpiresAfter()
+        checked = _then_rest(_checked(chunks, purpose, settings), form, late)
+        return await late_files.openai_upload_file(checked, purpose, name, late)
+    if purpose is None or not expiry_first:  # keep the file on disk until the fields after it are read
         chunks = await spool(chunks, settings.spool_dir)
         await form.rest()
-    purpose, expires = _purpose(form.fields), _expires_after(form.fields)
-    created = await files.openai_upload_file(
-        _then_rest(_checked(chunks, purpose, settings), form), purpose, form.filename or "upload", expires
+        purpose = _purpose(form.fields)
+    expires = _expires_after(form.fields)
+    return await files.openai_upload_file(
+        _then_rest(_checked(chunks, purpose, settings), form, None), purpose, name, expires
     )
-    late = _expires_after(form.fields)  # each field comes once, so a late expiry is the only one
-    return created if late is None or expires is not None else await _expiring(files, created, form, late)
 
 
 def _checked(chunks: AsyncIterator[bytes], purpose: FilePurpose, settings: UploadsConfig) -> AsyncIterator[bytes]:

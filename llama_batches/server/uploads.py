@@ -5,13 +5,16 @@ they arrive. Everything is bounded as it arrives, whatever the order of the part
 - text fields: at most ``MAX_FIELDS`` of them (any name), each at most ``MAX_FIELD_BYTES`` (400);
 - a part's header lines: at most ``MAX_PART_HEADER_BYTES`` (400);
 - one ``file`` part, each field once (400 otherwise: which one counts would be a guess);
+- the boundary: at most ``MAX_BOUNDARY_LENGTH`` characters (RFC 2046; 400 ``invalid_multipart``, as is anything
+  python-multipart refuses);
 - the whole body: at most ``max_file_bytes`` plus what the fields and headers above may take (413
   ``body_too_large``), by ``Content-Length`` before anything is read, or as it streams in (an epilogue after the
   closing boundary is read and dropped, but counted); this is the cap the form gives its request in place of the
   1 MiB of every other route (:func:`.limits.allow_body`).
 
 A file whose ``purpose`` comes after it (the openai SDK sends ``purpose`` first) is spooled to an unnamed temporary
-file (:func:`spool`), never to memory; the cap above stops the spool too.
+file (:func:`spool`), never to memory; the cap above stops the spool too, and so does a body that stays silent
+(``server.uploads.idle_timeout_s``, :mod:`.limits`, which also bounds how many uploads are received at once).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
@@ -35,11 +38,20 @@ from .limits import allow_body
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
-__all__ = ["MAX_FIELDS", "MAX_FIELD_BYTES", "MAX_PART_HEADER_BYTES", "Spooled", "StreamingForm", "spool"]
+__all__ = [
+    "MAX_BOUNDARY_LENGTH",
+    "MAX_FIELDS",
+    "MAX_FIELD_BYTES",
+    "MAX_PART_HEADER_BYTES",
+    "Spooled",
+    "StreamingForm",
+    "spool",
+]
 
 MAX_FIELDS = 16
 MAX_FIELD_BYTES = 64 * 1024
 MAX_PART_HEADER_BYTES = 8 * 1024
+MAX_BOUNDARY_LENGTH = 70  # RFC 2046 5.1.1
 _HEADER_LINE_OVERHEAD = 4  # ": " and CRLF: so that empty header lines count too
 _FORM_OVERHEAD_BYTES = (MAX_FIELDS + 1) * (MAX_FIELD_BYTES + MAX_PART_HEADER_BYTES + 1024)
 SPOOL_CHUNK = 1024 * 1024
@@ -63,6 +75,10 @@ def _bad_form(message: str, code: str, param: str | None = None) -> InvalidReque
     return InvalidRequestError(message, code=code, param=param)
 
 
+def _malformed(problem: FormParserError | str) -> InvalidRequestError:
+    return _bad_form(f"Malformed multipart body: {bounded(str(problem), 200)}", "invalid_multipart", "file")
+
+
 class StreamingForm:
     """Reads a ``multipart/form-data`` request as events, on demand, within the bounds of the module docstring."""
 
@@ -71,6 +87,8 @@ class StreamingForm:
         boundary = options.get(b"boundary")
         if content_type != b"multipart/form-data" or not boundary:
             raise InvalidRequestError("The request must be multipart/form-data with a 'file' part.", param="file")
+        if len(boundary) > MAX_BOUNDARY_LENGTH:
+            raise _malformed(f"its boundary is longer than {MAX_BOUNDARY_LENGTH} characters (RFC 2046).")
         self.max_file_bytes = max_file_bytes
         self.max_body_bytes = max_file_bytes + _FORM_OVERHEAD_BYTES
         declared = request.headers.get("content-length", "")
@@ -84,7 +102,10 @@ class StreamingForm:
         self._header_field = bytearray()
         self._header_value = bytearray()
         self._header_bytes = 0
-        self._parser = MultipartParser(boundary, cast("MultipartCallbacks", self._callbacks()), **_PARSER_OPTIONS)
+        try:
+            self._parser = MultipartParser(boundary, cast("MultipartCallbacks", self._callbacks()), **_PARSER_OPTIONS)
+        except FormParserError as exc:
+            raise _malformed(exc) from None
         self._done = self._ended = False
         self._received = self._file_bytes = self._field_count = 0
         self._names: set[str] = set()
@@ -182,8 +203,7 @@ class StreamingForm:
                 self._done = True
                 self._feed(None)
                 if not self._ended:  # a short Content-Length, or a client that stopped: nothing is complete
-                    message = "Malformed multipart body: it ends before its closing boundary."
-                    raise _bad_form(message, "invalid_multipart", "file") from None
+                    raise _malformed("it ends before its closing boundary.") from None
                 continue
             self._received += len(chunk)
             if self._received > self.max_body_bytes:
@@ -197,10 +217,8 @@ class StreamingForm:
                 self._parser.finalize()
             else:
                 self._parser.write(chunk)
-        except MultipartParseError as exc:
-            raise InvalidRequestError(
-                f"Malformed multipart body: {exc}", code="invalid_multipart", param="file"
-            ) from None
+        except FormParserError as exc:  # python-multipart's errors, whatever they are: the body's fault
+            raise _malformed(exc) from None
 
     async def until_file(self) -> bool:
         """Collect fields until the file part starts; False when the form has no file part."""

@@ -8,7 +8,10 @@ from pydantic import BaseModel, Field
 
 from llama_batches.storage import SqlStoreReference
 
-__all__ = ["LocalfsFilesImplConfig"]
+__all__ = ["STALE_PART_SECS", "LocalfsFilesImplConfig"]
+
+STALE_PART_SECS = 300.0
+"""A ``.part`` file not written to for this long is a killed upload's leftover (a live upload writes every 10 s)."""
 
 
 class LocalfsFilesImplConfig(BaseModel):
@@ -25,6 +28,16 @@ class LocalfsFilesImplConfig(BaseModel):
         default=512 * 1024 * 1024,
         ge=1,
         description="Largest file accepted, in bytes; a larger upload is refused with 413 and nothing is kept.",
+    )
+    part_sweep_interval_secs: float = Field(
+        default=STALE_PART_SECS,
+        gt=0,
+        le=STALE_PART_SECS,
+        description=(
+            "Seconds between two sweeps of storage_dir (besides the one at start) for the .part files of uploads "
+            "killed midway: one not written to for 5 minutes is removed, this server's uploads in progress never "
+            "are. More than 0, at most 300, so that a leftover is gone within 10 minutes."
+        ),
     )
 
     @classmethod

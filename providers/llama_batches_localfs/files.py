@@ -3,10 +3,15 @@
 Content is written chunk by chunk to ``<storage_dir>/.<id>.part``, synced once and renamed to ``<storage_dir>/<id>``;
 the client's file name is metadata only, never a path. Metadata rows are owned by the current principal.
 
-A ``.part`` file left by a process killed mid-upload is removed when the provider starts, once it has not been
-written to for ``STALE_PART_SECS``: an upload in progress (here or in another process sharing the directory) writes
-to its ``.part`` at least every ``WRITE_INTERVAL_SECS`` while bytes arrive, so only one stalled for minutes could be
-taken for a leftover.
+A ``.part`` file left by a process killed mid-upload is removed once it has not been written to for
+``STALE_PART_SECS``, by a sweep of the directory when the provider starts and then every ``part_sweep_interval_secs``
+(``STALE_PART_SECS`` by default) while it runs: a leftover is gone within about twice ``STALE_PART_SECS``, however
+often the server restarts. An upload in progress in another process sharing the directory writes to its ``.part`` at
+least every ``WRITE_INTERVAL_SECS`` while bytes arrive, so only one stalled for minutes could be taken for a
+leftover; this process's own uploads are never swept, however slow.
+
+An upload may be handed a :class:`~llama_batches.api.files.LateExpiresAfter` (``accepts_late_expiry``): it is read
+once the content is on disk, before the metadata row is written, so the file is listed with its expiry or not at all.
 """
 
 from __future__ import annotations
@@ -14,10 +19,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import time
+import unicodedata
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,29 +34,36 @@ from llama_batches.api import (
     ListFilesResponse,
     Order,
 )
+from llama_batches.api.files import LateExpiresAfter, resolve_expires_after
 from llama_batches.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError, quoted
 from llama_batches.principal import current_principal
 from llama_batches.storage import Table
 
-from .config import LocalfsFilesImplConfig
+from .config import STALE_PART_SECS, LocalfsFilesImplConfig
 
-__all__ = ["FileChunks", "LocalfsFilesImpl", "safe_filename", "sweep_parts"]
+__all__ = ["STALE_PART_SECS", "FileChunks", "LocalfsFilesImpl", "safe_filename", "sweep_parts"]
 
 logger = logging.getLogger(__name__)
 
 WRITE_BUFFER_BYTES = 1024 * 1024
 WRITE_INTERVAL_SECS = 10.0
-STALE_PART_SECS = 300.0
 READ_CHUNK_BYTES = 1024 * 1024
-# C0 and C1 controls, DEL, and the bidirectional marks, embeddings, overrides and isolates (U+061C, U+200E/F,
-# U+202A..U+202E, U+2066..U+2069), which can make a name display as another (``invoice\u202egnp.exe``)
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# Controls (C0, C1, DEL), format characters (bidirectional marks and overrides, which can make a name display as
+# another: ``invoice\u202egnp.exe``; zero-width spaces, soft hyphens, byte order marks, word joiners), line and
+# paragraph separators, private-use, surrogate and unassigned code points: none is visible in a plain name
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Co", "Cs", "Cn"})
+# except the zero-width (non-)joiner, part of emoji sequences and of the spelling of Persian or Indic words
+_KEPT = frozenset({"\u200c", "\u200d"})
+
+
+def _visible(char: str) -> bool:
+    return char in _KEPT or unicodedata.category(char) not in _UNSAFE_CATEGORIES
 
 
 def safe_filename(name: str) -> str:
-    """The client's file name reduced to a plain name: no directories, no control or bidirectional formatting
-    characters, <= 255 bytes."""
-    base = _UNSAFE.sub("", name.replace("\\", "/").rsplit("/", 1)[-1]).strip()
+    """The client's file name reduced to a plain name: no directories; no control, format (but the zero-width
+    joiners), separator other than spaces, private-use or unassigned characters; <= 255 bytes."""
+    base = "".join(filter(_visible, name.replace("\\", "/").rsplit("/", 1)[-1])).strip()
     if base in ("", ".", ".."):
         return "upload"
     return base.encode("utf-8")[:255].decode("utf-8", "ignore")
@@ -63,6 +75,9 @@ def _new_file_id() -> str:
 
 class LocalfsFilesImpl:
     """Files on a local directory; see the module docstring."""
+
+    accepts_late_expiry = True
+    """``openai_upload_file`` takes a :class:`LateExpiresAfter`, read once the content is on disk."""
 
     def __init__(
         self,
@@ -77,6 +92,8 @@ class LocalfsFilesImpl:
         self._clock = clock
         self._new_id = new_id
         self._dir = Path(config.storage_dir).expanduser()
+        self._writing: set[Path] = set()  # the .part files of this process's uploads in progress: never swept
+        self._sweeper: asyncio.Task[None] | None = None
 
     @property
     def max_file_size_bytes(self) -> int:
@@ -84,14 +101,34 @@ class LocalfsFilesImpl:
         return self._config.max_file_size_bytes
 
     async def initialize(self) -> None:
-        """Create the storage directory; remove the ``.part`` files left by uploads that were killed."""
+        """Create the storage directory; remove the ``.part`` files left by uploads that were killed, now and every
+        ``part_sweep_interval_secs`` until :meth:`shutdown`."""
         await asyncio.to_thread(self._dir.mkdir, parents=True, exist_ok=True)
-        swept = await asyncio.to_thread(sweep_parts, self._dir, time.time() - STALE_PART_SECS)
+        await self._sweep()
+        if self._sweeper is None:
+            interval = self._config.part_sweep_interval_secs
+            self._sweeper = asyncio.create_task(self._sweep_every(interval), name=f"sweep {self._dir}")
+
+    async def shutdown(self) -> None:
+        """Stop the sweeps (the stack closes the store)."""
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+            await asyncio.wait({sweeper})
+
+    async def _sweep(self) -> None:
+        before, live = time.time() - STALE_PART_SECS, frozenset(self._writing)
+        swept = await asyncio.to_thread(sweep_parts, self._dir, before, live)
         if swept:
             logger.warning("removed %d unfinished upload(s) left in %s", swept, self._dir)
 
-    async def shutdown(self) -> None:
-        """Nothing to release: the stack closes the store."""
+    async def _sweep_every(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._sweep()
+            except Exception:  # a directory gone or unreadable for a while: try again next time
+                logger.exception("sweeping %s for unfinished uploads failed", self._dir)
 
     def _path(self, file_id: str) -> Path:
         return self._dir / file_id
@@ -101,14 +138,15 @@ class LocalfsFilesImpl:
         file: AsyncIterable[bytes],
         purpose: FilePurpose,
         filename: str,
-        expires_after: ExpiresAfter | None = None,
+        expires_after: ExpiresAfter | LateExpiresAfter | None = None,
     ) -> FileObject:
         purpose = FilePurpose.parse(purpose)
         file_id = self._new_id()
         size = await self._write(file_id, file)
-        now = int(self._clock())
-        lifetime = expires_after.seconds if expires_after is not None else self._config.ttl_secs
         try:
+            expires = resolve_expires_after(expires_after)  # ``file`` is exhausted: a late expiry is known
+            now = int(self._clock())
+            lifetime = expires.seconds if expires is not None else self._config.ttl_secs
             record = FileObject(
                 id=file_id,
                 object="file",
@@ -127,15 +165,19 @@ class LocalfsFilesImpl:
 
     async def _write(self, file_id: str, chunks: AsyncIterable[bytes]) -> int:
         part = self._dir / f".{file_id}.part"
-        handle = await asyncio.to_thread(part.open, "wb")
+        self._writing.add(part)
         try:
-            size = await self._copy(chunks, handle)
-            await asyncio.to_thread(_sync_and_close, handle)
-            await asyncio.to_thread(os.replace, part, self._path(file_id))
-        except BaseException:
-            await asyncio.to_thread(handle.close)
-            await asyncio.to_thread(part.unlink, missing_ok=True)
-            raise
+            handle = await asyncio.to_thread(part.open, "wb")
+            try:
+                size = await self._copy(chunks, handle)
+                await asyncio.to_thread(_sync_and_close, handle)
+                await asyncio.to_thread(os.replace, part, self._path(file_id))
+            except BaseException:
+                await asyncio.to_thread(handle.close)
+                await asyncio.to_thread(part.unlink, missing_ok=True)
+                raise
+        finally:
+            self._writing.discard(part)
         return size
 
     async def _copy(self, chunks: AsyncIterable[bytes], handle: BinaryIO) -> int:
@@ -235,12 +277,13 @@ class FileChunks:
         self._handle.close()
 
 
-def sweep_parts(directory: Path, before: float) -> int:
-    """Remove the ``.part`` files of ``directory`` last written before ``before`` (a time.time() value); how many."""
+def sweep_parts(directory: Path, before: float, keep: Collection[Path] = ()) -> int:
+    """Remove the ``.part`` files of ``directory`` last written before ``before`` (a time.time() value), but those
+    in ``keep``; how many."""
     removed = 0
     for path in directory.glob(".*.part"):
         try:
-            if path.is_file() and path.stat().st_mtime < before:
+            if path not in keep and path.is_file() and path.stat().st_mtime < before:
                 path.unlink()
                 removed += 1
         except FileNotFoundError:  # another process swept it first

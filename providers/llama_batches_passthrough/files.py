@@ -1,5 +1,8 @@
 """``remote::passthrough`` files: the remote's Files API, uploads and downloads streamed through. A file belongs
-to the principal that uploaded it (or whose batch produced it); for another principal it does not exist."""
+to the principal that uploaded it (or whose batch produced it); for another principal it does not exist.
+
+An upload's expiry known only at the end of its content (:class:`~llama_batches.api.files.LateExpiresAfter`) is
+sent to the remote as it came: its form fields after the file part, in the same request."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import aiohttp
 from aiohttp.payload import AsyncIterablePayload
 
 from llama_batches.api import ExpiresAfter, FileDeleted, FileObject, FilePurpose, ListFilesResponse, Order
+from llama_batches.api.files import LateExpiresAfter
 from llama_batches.errors import InvalidRequestError, NotFoundError
 from llama_batches.principal import current_principal
 from llama_batches.storage import Table
@@ -22,8 +26,33 @@ __all__ = ["PassthroughFiles"]
 CHUNK = 1024 * 1024
 
 
+def _expiry_fields(expires_after: ExpiresAfter) -> list[tuple[str, str]]:
+    return [("expires_after[anchor]", expires_after.anchor), ("expires_after[seconds]", str(expires_after.seconds))]
+
+
+async def _content(
+    file: AsyncIterable[bytes], late: LateExpiresAfter | None, boundary: bytes, failed: list[BaseException]
+) -> AsyncIterator[bytes]:
+    """``file``'s chunks, then (``late`` known once they are read) its expiry fields: the file part ended and parts of
+    their own opened with the form's ``boundary`` (the form writer ends the last). An error of ``file`` is kept in
+    ``failed``, since aiohttp reports it as a connection error."""
+    try:
+        async for chunk in file:
+            yield chunk
+        expires = late.get() if late is not None else None
+    except Exception as exc:
+        failed.append(exc)
+        raise
+    for name, value in _expiry_fields(expires) if expires is not None else []:
+        disposition = f'\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}'
+        yield b"\r\n--" + boundary + disposition.encode("ascii")
+
+
 class PassthroughFiles:
     """The Files API of a remote server."""
+
+    accepts_late_expiry = True
+    """``openai_upload_file`` takes a :class:`LateExpiresAfter`: sent after the file part."""
 
     def __init__(self, config: PassthroughFilesConfig, owned: Table[Owned]) -> None:
         self.remote = Remote(config)
@@ -38,25 +67,37 @@ class PassthroughFiles:
         file: AsyncIterable[bytes],
         purpose: FilePurpose,
         filename: str,
-        expires_after: ExpiresAfter | None = None,
+        expires_after: ExpiresAfter | LateExpiresAfter | None = None,
     ) -> FileObject:
         purpose = FilePurpose.parse(purpose)
+        late = expires_after if isinstance(expires_after, LateExpiresAfter) else None
+        failed: list[BaseException] = []
         with aiohttp.MultipartWriter("form-data") as form:
             form.append(purpose.value).set_content_disposition("form-data", name="purpose")
-            if expires_after is not None:
-                form.append(expires_after.anchor).set_content_disposition("form-data", name="expires_after[anchor]")
-                seconds = str(expires_after.seconds)
-                form.append(seconds).set_content_disposition("form-data", name="expires_after[seconds]")
-            payload = AsyncIterablePayload(file.__aiter__(), content_type="application/octet-stream")
+            for name, value in _expiry_fields(expires_after) if isinstance(expires_after, ExpiresAfter) else []:
+                form.append(value).set_content_disposition("form-data", name=name)
+            content = _content(file, late, form.boundary.encode("ascii"), failed)
+            payload = AsyncIterablePayload(content, content_type="application/octet-stream")
             form.append_payload(payload).set_content_disposition("form-data", name="file", filename=filename)
-            try:
-                async with self.remote.session().post(f"{self.remote.base_url}/files", data=form) as response:
-                    await self.remote.check(response)
-                    created = FileObject.model_validate(await response.json())
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise self.remote.transport_error(exc) from exc
+            created = await self._post(form, failed)
         await self.owned.insert(current_principal(), Owned(id=created.id, created_at=created.created_at))
         return created
+
+    async def _post(self, form: aiohttp.MultipartWriter, failed: list[BaseException]) -> FileObject:
+        """The remote's file; when the content failed (a bad form field after the file, the client gone), its own
+        error, not what the remote or aiohttp made of the broken request."""
+        try:
+            async with self.remote.session().post(f"{self.remote.base_url}/files", data=form) as response:
+                await self.remote.check(response)
+                return FileObject.model_validate(await response.json())
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if failed:
+                raise failed[0] from None
+            raise self.remote.transport_error(exc) from exc
+        except Exception:
+            if failed:
+                raise failed[0] from None
+            raise
 
     async def openai_list_files(
         self,
