@@ -15,20 +15,27 @@ server: {port: 8321}
 
 Substitution follows llama-stack: ``${env.X}`` (X must be set), ``${env.X:=default}`` (X, or the default when X is
 unset or empty) and ``${env.X:+value}`` (value when X is set, else empty). A substituted value ``""`` becomes
-``null``, ``true``/``false`` booleans and digits numbers. A provider whose ``provider_id`` ends up empty is disabled.
-Every error names its path in the config (``providers.files[0].config.storage_dir``).
+``null``, ``true``/``false`` booleans and digits numbers. A list entry whose ``provider_id`` ends up empty or
+``__disabled__`` (or whose resource id, e.g. ``model_id``, ends up empty) is disabled: dropped unexpanded, as
+llama-stack does. Every error names its path in the config file (``providers.files[0].config.storage_dir``), with
+list indices counted in the file, disabled entries included.
+
+``registered_resources.models`` also takes llama-stack's newer form ``provider_id: all`` (the first inference
+provider the stack runs; :data:`ALL_PROVIDERS`) and ``provider_model_id: auto`` (the first model that provider
+lists; :data:`AUTO_MODEL`), resolved by :mod:`llama_batches.routing`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from .api.models import ModelType
 from .errors import ConfigError
@@ -37,6 +44,9 @@ from .server.upload_config import UploadsConfig
 from .storage.config import StorageConfig
 
 __all__ = [
+    "ALL_PROVIDERS",
+    "AUTO_MODEL",
+    "DISABLED_PROVIDER_ID",
     "ProviderEntry",
     "RegisteredModel",
     "RegisteredResources",
@@ -47,6 +57,15 @@ __all__ = [
     "substitute_env",
     "validation_error",
 ]
+
+logger = logging.getLogger(__name__)
+
+ALL_PROVIDERS = "all"
+"""``provider_id`` of a registered model: the first inference provider the stack runs (llama-stack's alias form)."""
+AUTO_MODEL = "auto"
+"""``provider_model_id`` of a registered model: the first model its provider lists (llama-stack's alias form)."""
+DISABLED_PROVIDER_ID = "__disabled__"
+"""A ``provider_id`` that disables its entry, as in llama-stack."""
 
 _ENV_PATTERN = re.compile(r"\$\{env\.([A-Za-z0-9_]+)(?::([=+])([^}]*))?\}")
 _RESOURCE_ID_FIELDS = ("model_id", "shield_id", "vector_db_id", "dataset_id", "scoring_fn_id", "benchmark_id")
@@ -108,25 +127,47 @@ class RunConfig(BaseModel):
     registered_resources: RegisteredResources = Field(default_factory=RegisteredResources)
     server: ServerConfig = Field(default_factory=ServerConfig)
 
+    _positions: dict[str, list[int]] = PrivateAttr(default_factory=dict)
 
-def format_location(prefix: str, loc: tuple[int | str, ...]) -> str:
-    """``("providers", "files", 0, "config")`` as ``providers.files[0].config`` (after ``prefix``)."""
+    def file_index(self, list_path: str, index: int) -> int:
+        """The index in the config file of entry ``index`` of the list at ``list_path`` (``providers.inference``):
+        disabled entries, dropped from the list, count in the file."""
+        return _file_index(self._positions, list_path, index)
+
+    def location(self, list_path: str, index: int) -> str:
+        """Where entry ``index`` of the list at ``list_path`` is in the config file: ``providers.inference[3]`` for
+        the 4th entry of the file, whatever disabled entries came before it."""
+        return f"{list_path}[{self.file_index(list_path, index)}]"
+
+
+Positions = Mapping[str, Sequence[int]]
+"""For a list whose disabled entries were dropped (by its path in the file), the file index of each kept entry."""
+
+
+def _file_index(positions: Positions | None, path: str, index: int) -> int:
+    kept = positions.get(path) if positions else None
+    return kept[index] if kept is not None and 0 <= index < len(kept) else index
+
+
+def format_location(prefix: str, loc: tuple[int | str, ...], positions: Positions | None = None) -> str:
+    """``("providers", "files", 0, "config")`` as ``providers.files[0].config`` (after ``prefix``). With
+    ``positions``, list indices are translated to indices in the file."""
     path = prefix
     for part in loc:
         if isinstance(part, int):
-            path += f"[{part}]"
+            path += f"[{_file_index(positions, path, part)}]"
         else:
             path = f"{path}.{part}" if path else str(part)
     return path
 
 
-def validation_error(prefix: str, error: ValidationError) -> ConfigError:
+def validation_error(prefix: str, error: ValidationError, positions: Positions | None = None) -> ConfigError:
     """The first problem of a pydantic ``ValidationError`` as a ConfigError naming its path."""
     first = error.errors()[0]
     loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
     more = error.error_count() - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    return ConfigError(format_location(prefix, loc), first["msg"] + suffix)
+    return ConfigError(format_location(prefix, loc, positions), first["msg"] + suffix)
 
 
 _UNION_TAGS = frozenset({"sqlite", "postgres", "memory", "other", "oauth2_token", "custom"})
@@ -135,6 +176,7 @@ _UNION_TAGS = frozenset({"sqlite", "postgres", "memory", "other", "oauth2_token"
 class _Substituter:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
+        self.positions: dict[str, list[int]] = {}
 
     def value(self, value: Any, path: str) -> Any:
         if isinstance(value, dict):
@@ -146,20 +188,24 @@ class _Substituter:
         return value
 
     def items(self, values: list[Any], path: str) -> list[Any]:
-        result = []
+        result, kept = [], []
         for i, item in enumerate(values):
             item_path = f"{path}[{i}]"
             if isinstance(item, dict) and self._disabled(item, item_path):
                 continue
             result.append(self.value(item, item_path))
+            kept.append(i)
+        if len(kept) < len(values):
+            self.positions[path] = kept
         return result
 
     def _disabled(self, item: dict[str, Any], path: str) -> bool:
-        """A provider or resource whose id substitutes to empty (``${env.X:+id}`` with X unset) is dropped."""
+        """A provider or resource whose id is empty or ``__disabled__`` (``${env.X:+id}`` with X unset) is dropped."""
         for key in ("provider_id", *_RESOURCE_ID_FIELDS):
-            if key in item and isinstance(item[key], str) and "${env." in item[key]:
+            if key in item and isinstance(item[key], str):
                 resolved = self.string(item[key], f"{path}.{key}")
-                if resolved is None or resolved == "__disabled__":
+                if resolved in (None, "", DISABLED_PROVIDER_ID):
+                    logger.debug("%s is disabled (%s: %s)", path, key, item[key])
                     return True
         return False
 
@@ -214,8 +260,11 @@ def load_config(source: str | Path | Mapping[str, Any], env: Mapping[str, str] |
     raw: Any = _read_yaml(Path(source)) if isinstance(source, str | Path) else source
     if not isinstance(raw, Mapping):
         raise ConfigError("", "a run config must be a mapping with 'providers' (and usually 'apis', 'storage')")
-    substituted = substitute_env(dict(raw), env)
+    substituter = _Substituter(os.environ if env is None else env)
+    substituted = substituter.value(dict(raw), "")
     try:
-        return RunConfig.model_validate(substituted)
+        config = RunConfig.model_validate(substituted)
     except ValidationError as exc:
-        raise validation_error("", exc) from exc
+        raise validation_error("", exc, substituter.positions) from exc
+    config._positions = substituter.positions
+    return config

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .api import TERMINAL_BATCH_STATUSES, Batch, FilePurpose, Files
+from .cli_server import configure_logging
 from .errors import InvalidRequestError
 from .stack import Stack, build_stack
 
@@ -37,6 +38,9 @@ class RunPlan:
     errors: Path
     idempotency_key: str | None = None
     completion_window: str = "24h"
+    log_level: str | None = "info"
+    """Log records at this level and above go to stderr, from before the stack is built; None leaves logging as
+    it is."""
 
 
 def _digest(path: Path) -> str:
@@ -140,6 +144,8 @@ def _show(progress: Progress, task: TaskID, batch: Batch, rate: float) -> None:
 
 async def run_file(plan: RunPlan, console: Console) -> Batch:
     """Run ``plan.input`` as one batch and write its output (and errors, if any) to ``plan.output``/``plan.errors``."""
+    if plan.log_level is not None:
+        configure_logging(plan.log_level)
     digest = await asyncio.to_thread(_digest, plan.input)
     endpoint = _endpoint(plan.input)
     key = plan.idempotency_key or f"run-{digest[:32]}"

@@ -28,7 +28,7 @@ from .config import ProviderEntry, RunConfig, load_config, validation_error
 from .errors import ConfigError, DependencyError, StackError, UnknownProviderError
 from .principal import acting_as
 from .registry import ProviderDeps, ProviderRegistry, ProviderSpec, default_registry, instantiate_provider
-from .routing import InferenceRouter, ModelRegistry
+from .routing import InferenceRouter, ModelRegistry, PlannedModel, SkippedProvider, plan_models
 from .storage import StorageBackends
 
 __all__ = ["PlannedProvider", "Stack", "build_stack", "plan_providers"]
@@ -41,7 +41,8 @@ _SERVED = {api.value: api for api in Api if api is not Api.models}
 
 @dataclass(frozen=True)
 class PlannedProvider:
-    """A provider the stack will create: its config entry, spec and validated config."""
+    """A provider the stack will create: its config entry, spec and validated config. ``index`` counts in the
+    config file (disabled entries included)."""
 
     api: Api
     index: int
@@ -62,60 +63,74 @@ def _validated(spec: ProviderSpec, entry: ProviderEntry, path: str) -> BaseModel
         raise validation_error(f"{path}.config", exc) from exc
 
 
-def _plan_api(api: Api, entries: list[ProviderEntry], registry: ProviderRegistry) -> list[PlannedProvider]:
-    planned: list[PlannedProvider] = []
-    for index, entry in enumerate(entries):
-        path = f"providers.{api.value}[{index}]"
-        try:
-            spec = registry.get(api, entry.provider_type, path=f"{path}.provider_type")
-        except UnknownProviderError:
-            if entry.provider_type in LLAMA_STACK_PROVIDER_TYPES:
-                logger.info("skipping %s (%s): llama-batches does not implement it", path, entry.provider_type)
-                continue
-            raise
-        if planned and api in _SINGLE_PROVIDER_APIS:
-            raise ConfigError(
-                path, f"only one {api.value} provider can be enabled; {planned[0].path} is already enabled"
-            )
-        planned.append(PlannedProvider(api, index, entry, spec, _validated(spec, entry, path)))
-    return planned
+class _Planner:
+    """Walks ``providers``: what to create, and which providers are skipped (and why)."""
+
+    def __init__(self, config: RunConfig, registry: ProviderRegistry) -> None:
+        self.config = config
+        self.registry = registry
+        self.listed = set(config.apis)
+        self.by_api: dict[Api, list[PlannedProvider]] = {}
+        self.skipped: dict[str, SkippedProvider] = {}
+
+    def run(self) -> None:
+        for name in sorted(self.listed - set(_SERVED)):
+            logger.info("skipping API '%s': llama-batches does not implement it", name)
+        for name, entries in self.config.providers.items():
+            api = _SERVED.get(name)
+            if api is None:
+                if name not in self.listed:
+                    logger.info("skipping providers.%s: llama-batches does not implement that API", name)
+                self._skip_all(name, entries, f"llama-batches does not implement the {name} API")
+            elif self.listed and name not in self.listed:
+                logger.info("skipping providers.%s: the API is not listed in 'apis'", name)
+                self._skip_all(name, entries, f"the {name} API is not listed in 'apis'")
+            elif planned := self._plan_api(api, entries):
+                self.by_api[api] = planned
+
+    def _skip_all(self, api: str, entries: list[ProviderEntry], reason: str) -> None:
+        for index, entry in enumerate(entries):
+            self._skip(api, index, entry, reason)
+
+    def _skip(self, api: str, index: int, entry: ProviderEntry, reason: str) -> None:
+        path = self.config.location(f"providers.{api}", index)
+        self.skipped.setdefault(entry.provider_id, SkippedProvider(api, path, entry.provider_type, reason))
+
+    def _plan_api(self, api: Api, entries: list[ProviderEntry]) -> list[PlannedProvider]:
+        planned: list[PlannedProvider] = []
+        for position, entry in enumerate(entries):
+            index = self.config.file_index(f"providers.{api.value}", position)
+            path = f"providers.{api.value}[{index}]"
+            try:
+                spec = self.registry.get(api, entry.provider_type, path=f"{path}.provider_type")
+            except UnknownProviderError:
+                if entry.provider_type in LLAMA_STACK_PROVIDER_TYPES:
+                    logger.info("skipping %s (%s): llama-batches does not implement it", path, entry.provider_type)
+                    self._skip(api.value, position, entry, f"llama-batches does not implement {entry.provider_type}")
+                    continue
+                raise
+            if planned and api in _SINGLE_PROVIDER_APIS:
+                raise ConfigError(
+                    path, f"only one {api.value} provider can be enabled; {planned[0].path} is already enabled"
+                )
+            planned.append(PlannedProvider(api, index, entry, spec, _validated(spec, entry, path)))
+        return planned
 
 
 def plan_providers(config: RunConfig, registry: ProviderRegistry) -> list[PlannedProvider]:
     """Every provider to create, in dependency order. Raises for unknown types, bad configs, missing
     dependencies and cycles; APIs and llama-stack provider types that llama-batches lacks are skipped."""
-    listed = set(config.apis)
-    for name in sorted(listed - set(_SERVED)):
-        logger.info("skipping API '%s': llama-batches does not implement it", name)
-    by_api: dict[Api, list[PlannedProvider]] = {}
-    for name, entries in config.providers.items():
-        api = _SERVED.get(name)
-        if api is None:
-            if name not in listed:
-                logger.info("skipping providers.%s: llama-batches does not implement that API", name)
-            continue
-        if listed and name not in listed:
-            logger.info("skipping providers.%s: the API is not listed in 'apis'", name)
-            continue
-        planned = _plan_api(api, entries, registry)
-        if planned:
-            by_api[api] = planned
-    _check_registered_models(config, by_api.get(Api.inference, []))
-    order = _dependency_order(by_api)
-    return [p for api in order for p in by_api.get(api, [])]
+    return _plan(config, registry)[0]
 
 
-def _check_registered_models(config: RunConfig, inference: list[PlannedProvider]) -> None:
-    """Each registered model names an inference provider of the config (or there is only one)."""
-    ids = sorted(p.entry.provider_id for p in inference)
-    for index, model in enumerate(config.registered_resources.models):
-        path = f"registered_resources.models[{index}].provider_id"
-        if model.provider_id is None and len(ids) != 1:
-            raise ConfigError(path, f"model '{model.model_id}' needs a provider_id (inference providers: {ids})")
-        if model.provider_id is not None and model.provider_id not in ids:
-            raise ConfigError(
-                path, f"unknown inference provider '{model.provider_id}'; configured: {', '.join(ids) or '(none)'}"
-            )
+def _plan(config: RunConfig, registry: ProviderRegistry) -> tuple[list[PlannedProvider], list[PlannedModel]]:
+    planner = _Planner(config, registry)
+    planner.run()
+    inference = [p.entry.provider_id for p in planner.by_api.get(Api.inference, [])]
+    others = {p.entry.provider_id: p.api.value for planned in planner.by_api.values() for p in planned}
+    models = plan_models(config, inference, planner.skipped, others)
+    order = _dependency_order(planner.by_api)
+    return [p for api in order for p in planner.by_api.get(api, [])], models
 
 
 def _available(by_api: Mapping[Api, list[PlannedProvider]]) -> set[Api]:
@@ -164,12 +179,14 @@ def _topological(edges: Mapping[Api, set[Api]]) -> list[Api]:
 
 
 class Stack:
-    """The providers of a run config, created and wired. Use it as an async context manager."""
+    """The providers of a run config, created and wired. Use it as an async context manager. ``plan`` holds the
+    providers to create, ``registered_models`` the models of ``registered_resources.models`` it serves (their
+    provider resolved; those on skipped providers left out)."""
 
     def __init__(self, config: RunConfig, registry: ProviderRegistry) -> None:
         self.config = config
         self.registry = registry
-        self.plan = plan_providers(config, registry)
+        self.plan, self.registered_models = _plan(config, registry)
         self.storage = StorageBackends(config.storage.backends)
         self.impls: dict[Api, object] = {}
         self.providers: dict[str, object] = {}
@@ -216,7 +233,7 @@ class Stack:
         }
         if not inference:
             return
-        models = ModelRegistry(inference, self.config.registered_resources.models)
+        models = ModelRegistry(inference, self.registered_models)
         self.impls[Api.models] = models
         self.impls[Api.inference] = InferenceRouter(models)
 

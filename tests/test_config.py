@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from llama_batches.config import load_config, substitute_env
 from llama_batches.errors import ConfigError
@@ -121,3 +122,64 @@ def test_unknown_top_level_keys_and_backend_types_are_accepted() -> None:
         {"vector_stores": {"x": 1}, "storage": {"backends": {"kv": {"type": "kv_redis", "host": "localhost"}}}}
     )
     assert config.storage.backends["kv"].type == "kv_redis"
+
+
+DISABLED_FIRST = """\
+version: 2
+apis: [inference]
+providers:
+  inference:
+  - provider_id: ${env.VLLM_URL:+vllm}
+    provider_type: remote::vllm
+    config:
+      base_url: ${env.VLLM_URL}
+  - provider_id: __disabled__
+    provider_type: remote::ollama
+  - provider_id: ""
+    provider_type: remote::openai
+  - provider_id: openai
+    provider_type: remote::openai
+    config:
+      base_url: http://127.0.0.1:9/v1
+registered_resources:
+  models:
+  - model_id: ${env.VLLM_MODEL:=}
+    provider_id: openai
+  - model_id: kept
+    provider_id: openai
+"""
+
+
+def test_disabled_entries_are_dropped_but_count_in_the_file_locations(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(DISABLED_FIRST)
+    config = load_config(path, {})
+    assert [p.provider_id for p in config.providers["inference"]] == ["openai"]
+    assert config.location("providers.inference", 0) == "providers.inference[3]"
+    assert config.file_index("providers.inference", 0) == 3
+    assert [m.model_id for m in config.registered_resources.models] == ["kept"]
+    assert config.location("registered_resources.models", 0) == "registered_resources.models[1]"
+    assert config.location("providers.files", 0) == "providers.files[0]"  # a list nothing was dropped from
+
+    enabled = load_config(path, {"VLLM_URL": "http://vllm/v1"})
+    assert [p.provider_id for p in enabled.providers["inference"]] == ["vllm", "openai"]
+    assert enabled.location("providers.inference", 1) == "providers.inference[3]"
+
+
+def test_a_validation_error_after_disabled_entries_names_the_entry_of_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(DISABLED_FIRST.replace("  - model_id: kept\n", "  - model_type: llm\n"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert info.value.path == "registered_resources.models[1].model_id"
+
+
+def test_a_config_built_in_python_counts_its_own_entries() -> None:
+    config = load_config({"providers": {"files": [{"provider_id": "f", "provider_type": "inline::localfs"}]}})
+    assert config.location("providers.files", 0) == "providers.files[0]"
+
+
+def test_the_newer_model_alias_form_loads_as_written() -> None:
+    text = "registered_resources:\n  models:\n  - {model_id: claude, provider_id: all, provider_model_id: auto}\n"
+    model = load_config(yaml.safe_load(text)).registered_resources.models[0]
+    assert (model.model_id, model.provider_id, model.provider_model_id) == ("claude", "all", "auto")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,7 +12,9 @@ import pytest
 
 from llama_batches import build_stack
 from llama_batches.api import Endpoint
+from llama_batches.config import RegisteredModel
 from llama_batches.errors import ConfigError, NotFoundError
+from llama_batches.routing import REFRESH_INTERVAL_S, ModelRegistry, PlannedModel
 from llama_batches.stack import Stack
 
 from .conftest import openai_provider, run_config
@@ -99,7 +102,6 @@ def test_a_registered_model_naming_an_unknown_provider_is_a_config_error(tmp_pat
 async def test_a_model_refresh_cut_short_is_asked_again_not_taken_for_no_models() -> None:
     """A lookup cancelled while the registry asks the providers (a batch stopped during validation) must not leave
     the registry believing no model exists: the next lookup asks again."""
-    from llama_batches.routing import ModelRegistry
     from llama_batches_openai.config import OpenAICompatConfig
     from llama_batches_openai.inference import OpenAICompatInference
 
@@ -123,3 +125,138 @@ async def test_a_model_refresh_cut_short_is_asked_again_not_taken_for_no_models(
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+ALIASES = """\
+version: 2
+apis: [inference]
+providers:
+  inference:
+  - provider_id: ${env.VLLM_URL:+vllm}
+    provider_type: remote::vllm
+    config: {base_url: "${env.VLLM_URL:=}"}
+  - provider_id: fireworks
+    provider_type: remote::fireworks
+  - provider_id: a
+    provider_type: remote::openai
+    config: {base_url: "A_URL", api_key: test}
+  - provider_id: b
+    provider_type: remote::openai
+    config: {base_url: "B_URL", api_key: test}
+registered_resources:
+  models:
+  - metadata: {}
+    model_id: claude-haiku-4-5-20251001
+    provider_id: all
+    provider_model_id: auto
+    model_type: llm
+  - {model_id: pinned, provider_id: all, provider_model_id: a-second}
+  - {model_id: on-b, provider_id: b, provider_model_id: auto}
+"""
+
+
+async def test_provider_all_is_the_first_inference_provider_and_auto_its_first_model(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with FakeBackend(models=["a-first", "a-second"]) as a, FakeBackend(models=["b-first", "b-second"]) as b:
+        path = tmp_path / "run.yaml"
+        path.write_text(ALIASES.replace("A_URL", a.base_url).replace("B_URL", b.base_url))
+        with caplog.at_level(logging.INFO, logger="llama_batches"):
+            async with build_stack(path, env={}) as stack:
+                found = {
+                    m.identifier: (m.provider_id, m.provider_resource_id) for m in await stack.models.list_models()
+                }
+                answer = await stack.inference.openai_chat_completion(
+                    "claude-haiku-4-5-20251001", [{"role": "user", "content": "hi"}]
+                )
+        assert found["claude-haiku-4-5-20251001"] == ("a", "a-first")
+        assert found["pinned"] == ("a", "a-second") and found["on-b"] == ("b", "b-first")
+        assert answer.model == "a-first" and a.seen == {"hi": 1} and b.seen == {}
+    lines = [r.getMessage() for r in caplog.records]
+    assert (
+        "registered_resources.models[0]: model 'claude-haiku-4-5-20251001' (provider_id: all) runs on 'a', "
+        "the first inference provider"
+    ) in lines
+    assert (
+        "registered_resources.models[2]: model 'on-b' (provider_model_id: auto) is 'b-first' on inference provider 'b'"
+    ) in lines
+
+
+async def test_an_auto_model_is_resolved_once_its_provider_lists_a_model(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from llama_batches_openai.config import OpenAICompatConfig
+    from llama_batches_openai.inference import OpenAICompatInference
+
+    now = [0.0]
+    async with FakeBackend(models=[]) as backend:
+        provider = OpenAICompatInference(OpenAICompatConfig(base_url=backend.base_url, api_key="test"))
+        entry = RegisteredModel(model_id="claude", provider_id="p", provider_model_id="auto")
+        registry = ModelRegistry(
+            {"p": provider}, [PlannedModel("registered_resources.models[4]", entry)], clock=lambda: now[0]
+        )
+        try:
+            with caplog.at_level(logging.WARNING, logger="llama_batches.routing"):
+                for _ in range(2):
+                    with pytest.raises(NotFoundError):
+                        await registry.get_model("claude")
+                    now[0] += REFRESH_INTERVAL_S
+            warned = [r.getMessage() for r in caplog.records]
+            assert warned == [
+                "registered_resources.models[4]: model 'claude' (provider_model_id: auto) has no model yet: "
+                "provider 'p' lists none"
+            ]  # once, not at every refresh
+            backend.models[:] = ["late", "later"]
+            model = await registry.get_model("claude")
+            backend.models[:] = ["other"]
+            now[0] += REFRESH_INTERVAL_S
+            await registry.refresh()
+            again = await registry.get_model("claude")
+        finally:
+            await provider.shutdown()
+    assert (model.provider_id, model.provider_resource_id) == ("p", "late")
+    assert again.provider_resource_id == "late"  # resolved once, as llama-stack does at registration
+
+
+async def test_an_auto_model_that_is_not_an_llm_is_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = run_config(tmp_path, openai_provider("http://127.0.0.1:9/v1"))
+    config["registered_resources"]["models"] = [
+        {"model_id": "embed", "provider_id": "all", "provider_model_id": "auto", "model_type": "embedding"}
+    ]
+    with caplog.at_level(logging.WARNING, logger="llama_batches.routing"):
+        stack = build_stack(config)
+    assert stack.registered_models == []
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert warning.startswith("skipping registered_resources.models[0] (model 'embed'): provider_model_id 'auto'")
+
+
+def test_provider_all_without_an_inference_provider_is_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = run_config(tmp_path)
+    config["providers"]["inference"] = [{"provider_id": "groq", "provider_type": "remote::groq"}]
+    config["registered_resources"]["models"] = [
+        {"model_id": "claude", "provider_id": "all", "provider_model_id": "auto"}
+    ]
+    with caplog.at_level(logging.WARNING, logger="llama_batches.routing"):
+        stack = build_stack(config)
+    assert stack.registered_models == []
+    assert [r.getMessage() for r in caplog.records] == [
+        "skipping registered_resources.models[0] (model 'claude'): llama-batches runs no inference provider"
+    ]
+
+
+def test_a_model_whose_api_is_not_listed_is_skipped_with_the_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = run_config(tmp_path, openai_provider("http://127.0.0.1:9/v1"))
+    config["apis"] = ["files"]
+    config["registered_resources"]["models"] = [{"model_id": "m", "provider_id": "fake"}]
+    with caplog.at_level(logging.WARNING, logger="llama_batches.routing"):
+        stack = build_stack(config)
+    assert stack.registered_models == []
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "model 'm'): its provider 'fake' (remote::openai, providers.inference[0])" in warning
+    assert warning.endswith("the inference API is not listed in 'apis'")

@@ -179,3 +179,88 @@ async def test_as_principal_scopes_the_block(tmp_path: Path) -> None:
 
 def test_default_registry_is_fresh_each_time() -> None:
     assert default_registry() is not default_registry()
+
+
+INFERENCE_AFTER_DISABLED = """\
+version: 2
+apis: [inference, vector_io]
+providers:
+  inference:
+  - provider_id: ${env.VLLM_URL:+vllm}
+    provider_type: remote::vllm
+    config: {base_url: "${env.VLLM_URL:=}"}
+  - provider_id: __disabled__
+    provider_type: remote::ollama
+  - provider_id: openai
+    provider_type: remote::openai
+    config: {base_url: "http://127.0.0.1:9/v1", timeout_s: TIMEOUT}
+  - provider_id: fireworks
+    provider_type: remote::fireworks
+    config: {api_key: "${env.FIREWORKS_API_KEY:=}"}
+  vector_io:
+  - provider_id: faiss
+    provider_type: inline::faiss
+  safety:
+  - provider_id: llama-guard
+    provider_type: inline::llama-guard
+registered_resources:
+  models:
+  - {model_id: gpt, provider_id: openai, provider_model_id: gpt-4o}
+  - {model_id: llama-fw, provider_id: fireworks, provider_model_id: accounts/fireworks/models/llama}
+  - {model_id: embedder, provider_id: faiss}
+  - {model_id: guard, provider_id: llama-guard}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_skipped_providers_are_reported_with_their_index_in_the_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="llama_batches"):
+        stack = build_stack(write(tmp_path, INFERENCE_AFTER_DISABLED.replace("TIMEOUT", "30")), env={})
+    assert [p.path for p in stack.plan] == ["providers.inference[2]"]
+    lines = [r.getMessage() for r in caplog.records]
+    assert "skipping providers.inference[3] (remote::fireworks): llama-batches does not implement it" in lines
+
+
+def test_a_provider_config_error_after_disabled_entries_names_the_entry_of_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_stack(write(tmp_path, INFERENCE_AFTER_DISABLED.replace("TIMEOUT", "slow")), env={})
+    assert info.value.path == "providers.inference[2].config.timeout_s"
+
+
+def test_models_on_skipped_providers_are_skipped_with_a_warning_naming_model_and_provider(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="llama_batches"):
+        stack = build_stack(write(tmp_path, INFERENCE_AFTER_DISABLED.replace("TIMEOUT", "30")), env={})
+    assert [(m.path, m.provider_id) for m in stack.registered_models] == [("registered_resources.models[0]", "openai")]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3
+    fireworks, faiss, guard = warnings
+    assert fireworks.startswith("skipping registered_resources.models[1] (model 'llama-fw'): its provider 'fireworks'")
+    assert "remote::fireworks, providers.inference[3]" in fireworks
+    assert "model 'embedder'" in faiss and "'faiss' (inline::faiss, providers.vector_io[0])" in faiss
+    assert "model 'guard'" in guard and "does not implement the safety API" in guard
+
+
+def test_a_model_on_a_provider_of_another_api_is_a_config_error(tmp_path: Path) -> None:
+    config = files_config(tmp_path, {"type": "sql_memory"})
+    config["registered_resources"] = {"models": [{"model_id": "m", "provider_id": "localfs"}]}
+    with pytest.raises(ConfigError) as info:
+        build_stack(config)
+    assert info.value.path == "registered_resources.models[0].provider_id"
+    assert "'localfs' is a files provider, not an inference provider" in info.value.problem
+
+
+def test_a_model_on_a_provider_the_config_lacks_is_still_a_config_error(tmp_path: Path) -> None:
+    text = INFERENCE_AFTER_DISABLED.replace("TIMEOUT", "30").replace("provider_id: faiss}", "provider_id: faiss2}")
+    with pytest.raises(ConfigError) as info:
+        build_stack(write(tmp_path, text), env={})
+    assert info.value.path == "registered_resources.models[2].provider_id"
+    assert "unknown inference provider 'faiss2'; configured: openai" in info.value.problem
