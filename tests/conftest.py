@@ -172,8 +172,36 @@ def postgres() -> Iterator[dict[str, Any]]:
     asyncio.run(_drop_database(base, name))
 
 
+LLAMA_STACK_TIMEOUT_S = 1500
+"""A test using ``llama_stack_bin`` may build the llama-stack venv first (about four minutes on two cores)."""
+_llama_stack_status: dict[str, str] = {}
+
+
+@pytest.fixture(scope="session")
+def llama_stack_bin() -> Path:
+    """The ``bin`` directory of the Python 3.12 venv with llama-stack 0.7.3 and this checkout (built and cached by
+    :mod:`tests.llama_stack_venv`). Tests using it skip, and the summary says so loudly, without a Python 3.12."""
+    from .llama_stack_venv import llama_stack_venv
+
+    try:
+        return llama_stack_venv()
+    except LookupError as exc:
+        _llama_stack_status["missing"] = str(exc)
+        pytest.skip(f"LLAMA-STACK TESTS NOT RUN: {exc}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on the llama-stack venv get the time to build it."""
+    for item in items:
+        if "llama_stack_bin" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.timeout(LLAMA_STACK_TIMEOUT_S))
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Say loudly whether the Postgres tests ran."""
+    """Say loudly whether the Postgres and llama-stack tests ran."""
+    if "missing" in _llama_stack_status:
+        terminalreporter.section("LLAMA-STACK TESTS DID NOT RUN", sep="!", red=True, bold=True)
+        terminalreporter.line(f"{_llama_stack_status['missing']}", red=True, bold=True)
     if "missing" in _postgres_status:
         terminalreporter.section("POSTGRES TESTS DID NOT RUN", sep="!", red=True, bold=True)
         terminalreporter.line(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import glob
+import hashlib
 import os
 import shutil
 import subprocess
@@ -21,17 +22,25 @@ __all__ = ["LLAMA_STACK_VERSION", "find_python312", "llama_stack_venv"]
 
 LLAMA_STACK_VERSION = "0.7.3"
 REPO = Path(__file__).resolve().parent.parent
-_PACKAGES = (f"llama-stack=={LLAMA_STACK_VERSION}", "llama-stack-client>=0.7,<0.8", "openai>=2.5")
+_EXTRAS = "llama-stack,postgres"  # the adapter, and asyncpg for its tables on a kv_postgres / sql_postgres backend
+_PACKAGES = (
+    f"llama-stack=={LLAMA_STACK_VERSION}",
+    "llama-stack-client>=0.7,<0.8",
+    "openai>=2.5",
+    "mcp>=1.23,<2",  # llama-stack 0.7.3 imports McpError, which mcp 2 no longer has
+)
 
 
 def find_python312() -> Path | None:
-    """A Python 3.12 interpreter: ``python3.12`` on PATH, else pyenv's, else ``None``."""
-    on_path = shutil.which("python3.12")
-    if on_path:
-        return Path(on_path)
+    """A Python 3.12 interpreter that runs: pyenv's, else ``python3.12`` on PATH (a pyenv shim may not run)."""
     root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
-    found = sorted(glob.glob(str(root / "versions" / "3.12*" / "bin" / "python3.12")))
-    return Path(found[-1]) if found else None
+    candidates = sorted(glob.glob(str(root / "versions" / "3.12*" / "bin" / "python3.12")), reverse=True)
+    on_path = shutil.which("python3.12")
+    for candidate in [*candidates, *([on_path] if on_path else [])]:
+        probe = subprocess.run([candidate, "-c", "pass"], capture_output=True, timeout=60, check=False)
+        if probe.returncode == 0:
+            return Path(candidate)
+    return None
 
 
 def _cache_dir() -> Path:
@@ -45,10 +54,10 @@ def _run(*args: str | Path) -> None:
         raise RuntimeError(f"{' '.join(map(str, args))} failed ({done.returncode}):\n{done.stderr[-4000:]}")
 
 
-def _ours_installed(python: Path) -> bool:
-    probe = "import llama_batches, pathlib; print(pathlib.Path(llama_batches.__file__).resolve().parent.parent)"
-    done = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=60, check=False)
-    return done.returncode == 0 and Path(done.stdout.strip()) == REPO
+def _ours_stamp() -> str:
+    """Where this checkout is and what its pyproject says: the editable install is redone when either changes."""
+    digest = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()
+    return f"{REPO}[{_EXTRAS}] {digest}"
 
 
 def llama_stack_venv() -> Path:
@@ -62,13 +71,15 @@ def llama_stack_venv() -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         python = venv / "bin" / "python"
         marker = venv / ".complete"
-        if not marker.exists():
+        if not marker.exists() or marker.read_text() != " ".join(_PACKAGES):
             shutil.rmtree(venv, ignore_errors=True)
             _run(python312, "-m", "venv", venv)
             _run(python, "-m", "pip", "install", "-q", *_PACKAGES)
             marker.write_text(" ".join(_PACKAGES))
-        if not _ours_installed(python):
-            _run(python, "-m", "pip", "install", "-q", "-e", f"{REPO}[llama-stack]")
+        stamp = venv / ".ours"
+        if not stamp.exists() or stamp.read_text() != _ours_stamp():
+            _run(python, "-m", "pip", "install", "-q", "-e", f"{REPO}[{_EXTRAS}]")
+            stamp.write_text(_ours_stamp())
     return venv / "bin"
 
 

@@ -60,6 +60,13 @@ ROUTES = [
     "DELETE /v1/files/{file_id}",
     "GET /v1/models",
     "GET /v1/models/{model_id}",
+    "POST /v1/chat/completions",
+    "POST /v1/completions",
+    "POST /v1/embeddings",
+    "GET /v1/version",
+    "GET /v1/providers",
+    "GET /v1/providers/{provider_id}",
+    "GET /v1/inspect/routes",
     "GET /v1/health",
 ]
 CHECKS = [
@@ -190,6 +197,12 @@ async def test_every_error_answer_is_declared_with_openais_error_schema_and_none
     assert "409" in document["paths"]["/v1/batches/{batch_id}/cancel"]["post"]["responses"]
     upload = document["paths"]["/v1/files"]["post"]["responses"]  # server.uploads.max_concurrent_uploads
     assert upload["429"]["headers"]["Retry-After"]["schema"] == {"type": "integer", "minimum": 1}
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):  # an unknown model; the backend's
+        assert {"404", "429", "502", "503", "504"} <= set(document["paths"][path]["post"]["responses"]), path
+        body = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body["required"] == ["model"] and body["properties"]["stream"]["enum"] == [False, None]
+    for path in ("/v1/version", "/v1/providers", "/v1/inspect/routes"):  # answered by the server itself
+        assert not {"429", "502", "503", "504"} & set(document["paths"][path]["get"]["responses"]), path
 
 
 @pytest.mark.parametrize(("path", "bounds"), [("/v1/batches", (1, 100)), ("/v1/files", (1, 10_000))])
@@ -208,7 +221,9 @@ async def test_limit_declares_its_bounds_and_the_server_keeps_them(
 
 
 def _concrete(path: str) -> str:
-    return path.replace("{batch_id}", "batch_x").replace("{file_id}", "file-x").replace("{model_id}", "m")
+    for name, value in (("batch_id", "batch_x"), ("file_id", "file-x"), ("model_id", "m"), ("provider_id", "p")):
+        path = path.replace("{" + name + "}", value)
+    return path
 
 
 async def test_a_method_a_path_does_not_serve_is_a_405_with_allow(live: Live, document: dict[str, Any]) -> None:

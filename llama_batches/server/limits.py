@@ -1,13 +1,20 @@
 """Request bodies are bounded by the route they are sent to, never by what the request's headers say.
 
 Every request's body is capped at ``MAX_JSON_BODY_BYTES``, whatever its ``Content-Type`` (multipart included), and
-read whole before the route runs: a ``Content-Length`` over the cap, or a (chunked) body that grows past it, is a
-413 ``body_too_large`` before any route acts (a ``DELETE`` or a cancel with an over-cap body deletes or cancels
-nothing), and a route only ever sees a body within the cap. The one exception is the upload route
-(``UPLOAD_ROUTES``, known by method and path, never by headers): its body streams, it raises the cap of its own
-request with :func:`allow_body` when it starts reading and bounds what it reads itself (:mod:`.uploads`); a body
-read past the cap is the 413 whatever the route made of the error. A request with more than one ``Content-Type``
-header is a 400: the framework and a route could read different ones.
+read whole before the route runs (and before authentication: that cap is small): a ``Content-Length`` over the cap,
+or a (chunked) body that grows past it, is a 413 ``body_too_large`` before any route acts (a ``DELETE`` or a cancel
+with an over-cap body deletes or cancels nothing), and a route only ever sees a body within the cap. Two kinds of
+routes, known by method and path (never by headers), read their body themselves instead:
+
+- the upload route (``UPLOAD_ROUTES``): its body streams, it raises the cap of its own request with
+  :func:`allow_body` when it starts reading and bounds what it reads itself (:mod:`.uploads`);
+- the inference routes (``INFERENCE_ROUTES``: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``),
+  capped at ``MAX_INFERENCE_BODY_BYTES`` (64 MiB: OpenAI takes up to 50 MB of images in one chat request, and the
+  embeddings of many long inputs are big). The route reads the body first, before it acts, and only once the request
+  is authenticated: a client without a token cannot make the server hold such a body.
+
+A body read past its cap is the 413 whatever the route made of the error. A request with more than one
+``Content-Type`` header is a 400: the framework and a route could read different ones.
 
 Uploads are bounded across requests too (``server.uploads``): at most ``max_concurrent_uploads`` at once (another
 is a 429 ``too_many_uploads`` with ``Retry-After``, before its body is read), and a body that sends nothing for
@@ -28,13 +35,16 @@ import asyncio
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..api.common import Endpoint
 from ..errors import APIError, InvalidRequestError, PayloadTooLargeError, RateLimitedError
 from .errors import error_response
 from .upload_config import UploadsConfig
 
 __all__ = [
+    "INFERENCE_ROUTES",
     "LINGER_BYTES",
     "LINGER_SECS",
+    "MAX_INFERENCE_BODY_BYTES",
     "MAX_JSON_BODY_BYTES",
     "UPLOAD_RETRY_AFTER_SECS",
     "UPLOAD_ROUTES",
@@ -46,8 +56,11 @@ __all__ = [
 MAX_JSON_BODY_BYTES = 1024 * 1024
 LINGER_BYTES = 64 * 1024 * 1024
 LINGER_SECS = 10.0
+MAX_INFERENCE_BODY_BYTES = 64 * 1024 * 1024
 UPLOAD_ROUTES = frozenset({("POST", "/v1/files")})
 """The routes whose bodies stream to the route (which bounds them itself) instead of being read before it runs."""
+INFERENCE_ROUTES = frozenset(("POST", endpoint.value) for endpoint in Endpoint)
+"""The routes that read their own bodies, capped at ``MAX_INFERENCE_BODY_BYTES``, once the request is authenticated."""
 UPLOAD_RETRY_AFTER_SECS = 5
 _SCOPE_KEY = "llama_batches.body"
 
@@ -222,14 +235,21 @@ def _replaying(first: Message, receive: Receive) -> Receive:
 
 
 class BodyLimit:
-    """ASGI middleware: see the module docstring. ``max_bytes`` caps the body of every route but the upload routes;
-    ``uploads`` is ``server.uploads`` (by default, that of the app's stack, ``app.state.stack``)."""
+    """ASGI middleware: see the module docstring. ``max_bytes`` caps the body of every route but the upload routes
+    and the inference routes (``inference_max_bytes``); ``uploads`` is ``server.uploads`` (by default, that of the
+    app's stack, ``app.state.stack``)."""
 
     def __init__(
-        self, app: ASGIApp, max_bytes: int = MAX_JSON_BODY_BYTES, uploads: UploadsConfig | None = None
+        self,
+        app: ASGIApp,
+        max_bytes: int = MAX_JSON_BODY_BYTES,
+        uploads: UploadsConfig | None = None,
+        *,
+        inference_max_bytes: int = MAX_INFERENCE_BODY_BYTES,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.inference_max_bytes = inference_max_bytes
         self._uploads = uploads
         self.active_uploads = 0
 
@@ -248,10 +268,14 @@ class BodyLimit:
         body = _Body(scope, receive, self.max_bytes, settings.idle_timeout_s)
         send = body.sender(send)
         problem = _content_type_problem(scope)
+        route = (scope.get("method"), _route_path(scope))
         if problem is not None:
             await error_response(problem)(scope, body.receive, send)
-        elif (scope.get("method"), _route_path(scope)) in UPLOAD_ROUTES:
+        elif route in UPLOAD_ROUTES:
             await self._upload(scope, body, send, settings.max_concurrent_uploads)
+        elif route in INFERENCE_ROUTES:  # the route reads it, after authentication; body.receive keeps the cap
+            body.max_bytes = self.inference_max_bytes
+            await self.app(scope, body.receive, send)
         elif body.complete:
             await self.app(scope, body.receive, send)
         else:

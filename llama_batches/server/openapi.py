@@ -7,9 +7,10 @@ operation of the app, whoever wrote its route, by one rule:
 - every operation: 400 (a query, header or body the server refuses), 408 and 413 (any request may carry a body,
   which the server caps and times, :mod:`.limits`) and 500;
 - an operation with path parameters: 404 (no such resource, or not the caller's);
-- an operation served by a provider (all but the public ones): 429, 502, 503 and 504 (the engine's in-flight limit,
-  the server's concurrent uploads, or an upstream (inference server, remote API) that refused, failed, cannot be
-  reached or timed out);
+- an operation served by a provider (all but the public and the local ones): 429, 502, 503 and 504 (the engine's
+  in-flight limit, the server's concurrent uploads, or an upstream (inference server, remote API) that refused, failed,
+  cannot be reached or timed out); the local ones (version, providers, routes) are answered from the stack's config
+  and the app's routes;
 - with ``server.auth``, every operation but the public ones: 401 and 503 (authentication service down), and the
   bearer security scheme.
 
@@ -96,14 +97,14 @@ def error_responses(*statuses: int, replayed: bool = False) -> dict[int | str, d
     return responses
 
 
-def _statuses(operation: dict[str, Any], *, public: bool, authenticated: bool) -> list[int]:
-    statuses = [400, 408, 413, 500]
+def _statuses(operation: dict[str, Any], *, public: bool, local: bool, authenticated: bool) -> list[int]:
+    statuses = {400, 408, 413, 500}
     if any(p.get("in") == "path" for p in operation.get("parameters", [])):
-        statuses.append(404)
-    if not public:
-        statuses += [429, 502, 503, 504]
+        statuses.add(404)
+    if not public and not local:
+        statuses |= {429, 502, 503, 504}
     if authenticated and not public:
-        statuses.append(401)
+        statuses |= {401, 503}
     return sorted(statuses)
 
 
@@ -115,16 +116,19 @@ def _declare_bounds(path: str, method: str, operation: dict[str, Any]) -> None:
             parameter["schema"].setdefault("maximum", bounds[1])
 
 
-def truthful(schema: dict[str, Any], *, public_paths: Iterable[str], authenticated: bool) -> dict[str, Any]:
+def truthful(
+    schema: dict[str, Any], *, public_paths: Iterable[str], authenticated: bool, local_paths: Iterable[str] = ()
+) -> dict[str, Any]:
     """``schema`` (FastAPI's document) completed in place by the rule above; applying it twice changes nothing."""
-    public = set(public_paths)
+    public, local = set(public_paths), set(local_paths)
     for path, item in schema.get("paths", {}).items():
         for method, operation in item.items():
             if method not in _METHODS:
                 continue
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)
-            for status in _statuses(operation, public=path in public, authenticated=authenticated):
+            kind = {"public": path in public, "local": path in local}
+            for status in _statuses(operation, **kind, authenticated=authenticated):
                 responses.setdefault(str(status), _response(status))
             _declare_bounds(path, method, operation)
             if authenticated and path not in public:
@@ -141,12 +145,15 @@ def truthful(schema: dict[str, Any], *, public_paths: Iterable[str], authenticat
     return schema
 
 
-def install_openapi(app: FastAPI, *, public_paths: Iterable[str], authenticated: bool) -> None:
-    """Serve :func:`truthful`'s version of ``app``'s document at ``/openapi.json``."""
+def install_openapi(
+    app: FastAPI, *, public_paths: Iterable[str], authenticated: bool, local_paths: Iterable[str] = ()
+) -> None:
+    """Serve :func:`truthful`'s version of ``app``'s document at ``/openapi.json`` (``local_paths``: the operations
+    answered without a provider, see the module docstring)."""
     generate: Callable[[], dict[str, Any]] = app.openapi
-    public = tuple(public_paths)
+    public, local = tuple(public_paths), tuple(local_paths)
 
     def openapi() -> dict[str, Any]:
-        return truthful(generate(), public_paths=public, authenticated=authenticated)
+        return truthful(generate(), public_paths=public, local_paths=local, authenticated=authenticated)
 
     setattr(app, "openapi", openapi)  # noqa: B010 (FastAPI's documented way to customise the document)

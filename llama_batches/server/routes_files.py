@@ -1,4 +1,4 @@
-"""``/v1/files`` and ``/v1/models``: uploads parsed while they stream, content streamed back."""
+"""``/v1/files``: uploads parsed while they stream, content streamed back."""
 
 from __future__ import annotations
 
@@ -16,21 +16,18 @@ from ..api import (
     FilePurpose,
     Files,
     ListFilesResponse,
-    ListModelsResponse,
     Order,
 )
 from ..api.files import UPLOAD_PURPOSES, LateExpiresAfter, late_expiry_files, plausible_file_id
-from ..api.models import OpenAIModel
 from ..errors import InvalidRequestError, NotFoundError, quoted
 from ..stack import Stack
 from .jsonl import checked_jsonl
 from .upload_config import UploadsConfig
 from .uploads import StreamingForm, spool
 
-__all__ = ["DEFAULT_MAX_FILE_BYTES", "files_router", "models_router"]
+__all__ = ["DEFAULT_MAX_FILE_BYTES", "files_router"]
 
 files_router = APIRouter(prefix="/v1/files", tags=["Files"])
-models_router = APIRouter(prefix="/v1/models", tags=["Models"])
 
 DEFAULT_MAX_FILE_BYTES = 512 * 1024 * 1024
 """The upload cap when the files provider does not say its own (``max_file_size_bytes``): OpenAI's 512 MB."""
@@ -215,13 +212,3 @@ async def file_content(file_id: str, request: Request) -> StreamingResponse:
 @files_router.delete("/{file_id}", response_model=FileDeleted, summary="Delete a file")
 async def delete_file(file_id: str, request: Request) -> FileDeleted:
     return await _stack(request).files.openai_delete_file(_file_id(file_id))
-
-
-@models_router.get("", response_model=ListModelsResponse, summary="List models")
-async def list_models(request: Request) -> ListModelsResponse:
-    return await _stack(request).models.openai_list_models()
-
-
-@models_router.get("/{model_id:path}", response_model=OpenAIModel, summary="Retrieve a model")
-async def retrieve_model(model_id: str, request: Request) -> OpenAIModel:
-    return (await _stack(request).models.get_model(model_id)).to_openai()
