@@ -15,6 +15,7 @@ from rich.table import Table
 from .api import BatchStatus
 from .cli_batches import batches_app
 from .cli_files import files_app
+from .cli_import import import_llama_stack_command
 from .cli_server import serve, worker
 from .errors import LlamaBatchesError
 from .local_run import RunPlan, run_file
@@ -155,6 +156,7 @@ def run(
 
 app.command()(serve)
 app.command()(worker)
+app.command("import-llama-stack")(import_llama_stack_command)
 
 
 def main() -> None:

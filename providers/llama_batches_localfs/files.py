@@ -40,6 +40,7 @@ from llama_batches.principal import current_principal
 from llama_batches.storage import Table
 
 from .config import STALE_PART_SECS, LocalfsFilesImplConfig
+from .importing import FileImport
 
 __all__ = ["STALE_PART_SECS", "FileChunks", "LocalfsFilesImpl", "safe_filename", "sweep_parts"]
 
@@ -73,7 +74,7 @@ def _new_file_id() -> str:
     return f"file-{uuid.uuid4().hex}"
 
 
-class LocalfsFilesImpl:
+class LocalfsFilesImpl(FileImport):
     """Files on a local directory; see the module docstring."""
 
     accepts_late_expiry = True

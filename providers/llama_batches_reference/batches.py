@@ -26,6 +26,7 @@ from llama_batches.storage import Leases, ResultLog, Table
 
 from .config import ReferenceBatchesImplConfig
 from .executor import RequestExecutor
+from .importing import BatchImport
 from .records import ACTIVE_STATUSES, BatchRecord, CreateParams, batch_id_for, window_seconds
 from .runner import EngineParts
 from .scheduler import Scheduler
@@ -37,7 +38,7 @@ __all__ = ["ReferenceBatchesImpl"]
 logger = logging.getLogger(__name__)
 
 
-class ReferenceBatchesImpl:
+class ReferenceBatchesImpl(BatchImport):
     """The reference batches engine."""
 
     def __init__(
