@@ -180,6 +180,23 @@ def test_any_error_is_one_valid_line(custom_id: str, code: str, message: str) ->
     assert check_line(expired_line(custom_id), custom_id)["error"]["code"] == "batch_expired"
 
 
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(status=st.integers(100, 599), headers=headers, body=bodies, custom_id=any_texts)
+def test_a_body_as_string_holds_the_same_object_in_one_valid_line(
+    status: int, headers: dict[str, str], body: bytes, custom_id: str
+) -> None:
+    """``response_body: json_string`` (llama-stack's shape): the body is a string whose JSON is what the object
+    shape would hold, and nothing else of the line changes."""
+    as_object = check_line(response_result("batch_1", 3, custom_id, RawResponse(status, body, headers)), custom_id)
+    result = response_result("batch_1", 3, custom_id, RawResponse(status, body, headers), body_as_string=True)
+    assert result.output.find(b"\n") < 0 and result.output.find(b"\r") < 0
+    line = orjson.loads(result.output)
+    assert line["custom_id"] == as_object["custom_id"] and isinstance(line["response"]["body"], str)
+    assert orjson.loads(line["response"]["body"]) == as_object["response"]["body"]
+    assert line["response"]["status_code"] == as_object["response"]["status_code"] == status
+    assert line["error"] == as_object["error"] and result.ok == (200 <= status < 300 and _object(body) is not None)
+
+
 def test_a_one_line_body_is_spliced_and_a_multiline_one_compacted() -> None:
     body = '{"a": "x\u2028y", "usage": {"prompt_tokens": 2, "completion_tokens": true}}'.encode()
     spliced = response_result("b", 1, "c", RawResponse(200, body + b"\n"))

@@ -9,7 +9,7 @@ same empty page as an unknown one. Strings of the create body that a store canno
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
@@ -22,7 +22,7 @@ from ..stack import Stack
 from .idempotency import HEADER, resolve_key
 from .openapi import IDEMPOTENCY_KEY_DOC, error_responses
 
-__all__ = ["BATCH_ID", "CreateBatchRequest", "router"]
+__all__ = ["BATCH_ID", "CreateBatchRequest", "check_storable", "known_batch_id", "router"]
 
 router = APIRouter(prefix="/v1/batches", tags=["Batches"])
 
@@ -59,13 +59,6 @@ def _stack(request: Request) -> Stack:
     return stack
 
 
-def _known_shape(batch_id: str) -> str:
-    """``batch_id``, or the 404 every backend gives an unknown id, before any query."""
-    if BATCH_ID.fullmatch(batch_id) is None:
-        raise NotFoundError.for_resource("batch", batch_id, param="batch_id")
-    return batch_id
-
-
 def _strings(body: CreateBatchRequest) -> Iterator[tuple[str, str]]:
     """Every string of ``body`` with the param that names it."""
     for name in ("input_file_id", "endpoint", "completion_window", "idempotency_key", "idem_tok"):
@@ -78,13 +71,20 @@ def _strings(body: CreateBatchRequest) -> Iterator[tuple[str, str]]:
             yield ("metadata" if len(key) > 64 else f"metadata.{key}"), value
 
 
-def _check_storable(body: CreateBatchRequest) -> None:
-    """400 naming the first string of ``body`` that a store cannot hold (PostgreSQL refuses NUL; no UTF-8 column
-    takes a lone surrogate, which JSON's ``\\ud800`` lets through)."""
-    for param, text in _strings(body):
+def check_storable(strings: Iterable[tuple[str, str]]) -> None:
+    """400 naming the first (param, text) of ``strings`` whose text a store cannot hold (PostgreSQL refuses NUL; no
+    UTF-8 column takes a lone surrogate, which JSON's ``\\ud800`` lets through)."""
+    for param, text in strings:
         if _UNSTORABLE.search(text):
             message = f"Invalid {quoted(param)}: it holds a NUL character or a lone surrogate."
             raise InvalidRequestError(message, code="invalid_value", param=param)
+
+
+def known_batch_id(batch_id: str) -> str:
+    """``batch_id``, or the 404 every backend gives an unknown id, before any query."""
+    if BATCH_ID.fullmatch(batch_id) is None:
+        raise NotFoundError.for_resource("batch", batch_id, param="batch_id")
+    return batch_id
 
 
 @router.post(
@@ -97,7 +97,7 @@ async def create_batch(
     idempotency_key: Annotated[str | None, Header(alias=HEADER, description=IDEMPOTENCY_KEY_DOC)] = None,
 ) -> Batch:
     """Create a batch; with an idempotency key, a retry gets the same batch (and ``Idempotent-Replayed: true``)."""
-    _check_storable(body)
+    check_storable(_strings(body))
     key = resolve_key(request.headers.getlist(HEADER), body.idempotency_key, body.idem_tok)
     with watch_replay() as replayed:
         batch = await _stack(request).batches.create_batch(
@@ -126,9 +126,9 @@ async def list_batches(
 
 @router.get("/{batch_id}", response_model=Batch, summary="Retrieve a batch")
 async def retrieve_batch(batch_id: _BatchId, request: Request) -> Batch:
-    return await _stack(request).batches.retrieve_batch(_known_shape(batch_id))
+    return await _stack(request).batches.retrieve_batch(known_batch_id(batch_id))
 
 
 @router.post("/{batch_id}/cancel", response_model=Batch, summary="Cancel a batch", responses=error_responses(409))
 async def cancel_batch(batch_id: _BatchId, request: Request) -> Batch:
-    return await _stack(request).batches.cancel_batch(_known_shape(batch_id))
+    return await _stack(request).batches.cancel_batch(known_batch_id(batch_id))

@@ -18,6 +18,7 @@ PROVIDER_SPECS = [
         config_class=ReferenceBatchesImplConfig,
         module="llama_batches_reference",
         api_dependencies=(Api.inference, Api.files, Api.models),
+        aliases=("inline::llama-batches",),  # its name inside llama-stack (llama_batches_llama_stack)
         description=(
             "The reference batches engine: idempotent batch creation (same key and parameters give the same "
             "batch, other parameters a 409), input validated by streaming, a sliding-window executor with retries, "

@@ -7,13 +7,21 @@ meaning, so its configs run unchanged; the rest have defaults.
 from __future__ import annotations
 
 import re
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llama_batches.storage import KVStoreReference
 
-__all__ = ["ReferenceBatchesImplConfig"]
+__all__ = ["ReferenceBatchesImplConfig", "ResponseBody"]
+
+
+class ResponseBody(StrEnum):
+    """How an output line carries the backend's answer."""
+
+    object = "object"
+    json_string = "json_string"
 
 
 class ReferenceBatchesImplConfig(BaseModel):
@@ -75,6 +83,12 @@ class ReferenceBatchesImplConfig(BaseModel):
     )
     max_reported_error_bytes: int = Field(
         default=64 * 1024, ge=1024, description="Bytes of error messages kept in a failed batch's errors list."
+    )
+    response_body: ResponseBody = Field(
+        default=ResponseBody.object,
+        description="How an output line carries the backend's answer: `object`, OpenAI's shape "
+        '(`"response": {"body": {...}}`), or `json_string`, that object serialised into a string, as llama-stack\'s '
+        "own inline::reference writes it (for readers written against it, such as llama-stack's test suite).",
     )
     max_batch_attempts: int = Field(
         default=5,

@@ -18,7 +18,7 @@ from llama_batches.api import Endpoint, Inference, RawResponse
 from llama_batches.errors import APIError, RateLimitedError, ServiceUnavailableError, UpstreamTimeoutError, bounded
 from llama_batches.storage import RequestResult
 
-from .config import ReferenceBatchesImplConfig
+from .config import ReferenceBatchesImplConfig, ResponseBody
 from .output import error_result, response_result
 from .validation import ParsedLine
 
@@ -64,6 +64,7 @@ class RequestExecutor:
     ) -> None:
         self._inference = inference
         self._config = config
+        self._as_string = config.response_body is ResponseBody.json_string
         rpm = config.requests_per_minute
         self._limiter = AsyncLimiter(1, 60 / rpm) if rpm else None  # evenly spaced, no burst
         self._backoff = wait_random_exponential(multiplier=config.retry_initial_delay_s, max=config.retry_max_delay_s)
@@ -99,8 +100,8 @@ class RequestExecutor:
                 except _Retryable as first:
                     response = await self._retry(first, endpoint, line.model, body)
             except (_Retryable, APIError) as exc:
-                return _failed(batch_id, line, exc)
-            return response_result(batch_id, line.number, line.custom_id, response)
+                return _failed(batch_id, line, exc, self._as_string)
+            return response_result(batch_id, line.number, line.custom_id, response, body_as_string=self._as_string)
         except Exception as exc:  # a bug, or a provider's surprise, must not take the batch down with it
             return _internal_error(batch_id, line, exc)
 
@@ -129,11 +130,11 @@ def _code(error: APIError) -> str:
     return error.code or error.error_type
 
 
-def _failed(batch_id: str, line: ParsedLine, exc: _Retryable | APIError) -> RequestResult:
+def _failed(batch_id: str, line: ParsedLine, exc: _Retryable | APIError, as_string: bool) -> RequestResult:
     """The line of a request that failed for good: the last answer when there was one, else the error."""
     if isinstance(exc, _Retryable):
         if exc.response is not None:
-            return response_result(batch_id, line.number, line.custom_id, exc.response)
+            return response_result(batch_id, line.number, line.custom_id, exc.response, body_as_string=as_string)
         exc = exc.error or ServiceUnavailableError()
     return error_result(batch_id, line.number, line.custom_id, _code(exc), exc.message)
 

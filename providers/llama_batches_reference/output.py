@@ -125,10 +125,14 @@ def _error_object(code: str, message: str) -> bytes:
     return orjson.dumps({"code": code, "message": bounded(message, _MAX_MESSAGE)})
 
 
-def response_result(batch_id: str, line: int, custom_id: str, response: RawResponse) -> RequestResult:
+def response_result(
+    batch_id: str, line: int, custom_id: str, response: RawResponse, *, body_as_string: bool = False
+) -> RequestResult:
     """The result of a request the backend answered: a success when 2xx with a JSON object body, else a failure
-    that keeps the status; always exactly one line of valid JSON. The checks of the success path are written
-    inline, each the cheapest found (``find`` over ``in``, ``isascii`` first): this runs once per request."""
+    that keeps the status; always exactly one line of valid JSON. ``body_as_string`` writes the body as a JSON
+    string holding the object (llama-stack's ``inline::reference`` does) instead of OpenAI's object. The checks of
+    the success path are written inline, each the cheapest found (``find`` over ``in``, ``isascii`` first): this
+    runs once per request."""
     try:
         payload = orjson.loads(response.body)
     except orjson.JSONDecodeError:
@@ -144,6 +148,8 @@ def response_result(batch_id: str, line: int, custom_id: str, response: RawRespo
     else:
         body, code, message = _error_body(response)
         ok, payload, error = False, None, _error_object(code, message)
+    if body_as_string:
+        body = orjson.dumps(body.decode())
     request_id = response.headers.get("x-request-id")
     if not (
         isinstance(request_id, str)
