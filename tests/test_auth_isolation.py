@@ -29,8 +29,6 @@ from hypothesis import given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import Case, GenerationMode
 
-from llama_batches_reference.config import ReferenceBatchesImplConfig
-
 from . import test_server_schema as schema
 from .conformance.batches import chat_line, jsonl
 from .fake_backend import FakeBackend
@@ -334,9 +332,6 @@ async def test_the_same_idempotency_key_makes_independent_batches(deployment: De
 IN_FLIGHT = "max_batches_in_flight_per_principal"
 
 
-@pytest.mark.skipif(
-    IN_FLIGHT not in ReferenceBatchesImplConfig.model_fields, reason=f"inline::reference lacks {IN_FLIGHT}"
-)
 async def test_batches_in_flight_are_limited_per_principal(tmp_path_factory: pytest.TempPathFactory) -> None:
     directory = tmp_path_factory.mktemp("in-flight")
     async with FakeBackend(latency_s=0.5) as backend:

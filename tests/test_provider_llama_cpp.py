@@ -9,6 +9,8 @@ import orjson
 import pytest
 import pytest_asyncio
 
+pytest.importorskip("llama_cpp", reason="the model tests need the `local` extra: pip install -e '.[local]'")
+
 from llama_batches import build_stack
 from llama_batches.api import Endpoint, InferenceProvider
 from llama_batches.errors import NotFoundError

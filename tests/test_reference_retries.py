@@ -73,11 +73,23 @@ async def test_retry_after_is_honoured() -> None:
 
 
 async def test_backoff_grows_with_jitter_and_is_capped() -> None:
-    failures: list[RawResponse | Exception] = [RawResponse(500, b"{}")] * 5
-    run, _, sleeps = executor([*failures, OK], max_attempts=6, retry_initial_delay_s=1.0, retry_max_delay_s=3.0)
-    assert (await run.execute("batch_1", Endpoint.chat_completions, LINE)).ok
-    assert len(sleeps.delays) == 5 and all(0 <= d <= 3.0 for d in sleeps.delays)
-    assert sleeps.delays[0] <= 1.0
+    """Full jitter: each delay is uniform in [0, bound], the bound doubling from the second retry (1, 1, 2, 4, ...)
+    up to ``retry_max_delay_s``. Over 200 runs the largest delay of each retry shows the bound: below it, and above
+    the previous one, so the growth itself is checked (each of these fails by chance with probability < 2**-60)."""
+    per_retry: list[list[float]] = [[] for _ in range(5)]
+    for _ in range(200):
+        failures: list[RawResponse | Exception] = [RawResponse(500, b"{}")] * 5
+        run, _, sleeps = executor([*failures, OK], max_attempts=6, retry_initial_delay_s=1.0, retry_max_delay_s=5.0)
+        assert (await run.execute("batch_1", Endpoint.chat_completions, LINE)).ok
+        assert len(sleeps.delays) == 5
+        for index, delay in enumerate(sleeps.delays):
+            per_retry[index].append(delay)
+    bounds = [1.0, 1.0, 2.0, 4.0, 5.0]  # 8 capped at 5
+    for index, delays in enumerate(per_retry):
+        assert all(0 <= d <= bounds[index] for d in delays), (index, max(delays))
+        assert len(set(delays)) > 150  # jitter: not one fixed delay
+    for index in (2, 3, 4):
+        assert max(per_retry[index]) > bounds[index - 1]  # grown past the previous bound
 
 
 @pytest.mark.parametrize("status", [400, 401, 404, 422])
