@@ -38,9 +38,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from .api.models import ModelType
+from .config_auth import AuthConfig
+from .config_uploads import UploadsConfig
 from .errors import ConfigError
-from .server.auth_config import AuthConfig
-from .server.upload_config import UploadsConfig
 from .storage.config import StorageConfig
 
 __all__ = [

@@ -22,10 +22,10 @@ from typing import Any, cast
 
 from pydantic import BaseModel, ValidationError
 
-from ._upstream import LLAMA_STACK_PROVIDER_TYPES
 from .api import Api, Batches, Files, Inference, InferenceProvider, Models
 from .config import ProviderEntry, RunConfig, load_config, validation_error
 from .errors import ConfigError, DependencyError, StackError, UnknownProviderError
+from .llama_stack_types import LLAMA_STACK_PROVIDER_TYPES
 from .principal import acting_as
 from .registry import ProviderDeps, ProviderRegistry, ProviderSpec, default_registry, instantiate_provider
 from .routing import InferenceRouter, ModelRegistry, PlannedModel, SkippedProvider, plan_models

@@ -22,10 +22,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from llama_batches import load_config
+from llama_batches.config_auth import AuthConfig, OAuth2JWKSConfig
 from llama_batches.errors import ConfigError
 from llama_batches.principal import current_principal
 from llama_batches.server.auth import Authenticator, AuthMiddleware, AuthUnavailable, InvalidToken, JwksKeys
-from llama_batches.server.auth_config import AuthConfig, OAuth2JWKSConfig
 
 from .test_auth_isolation import (
     API_KEY_A,

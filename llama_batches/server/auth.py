@@ -24,9 +24,7 @@ import jwt
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..errors import APIError, AuthenticationError, ServiceUnavailableError
-from ..principal import acting_as
-from .auth_config import (
+from ..config_auth import (
     AuthConfig,
     CustomAuthConfig,
     OAuth2IntrospectionConfig,
@@ -35,6 +33,8 @@ from .auth_config import (
     check_principal,
     claim_value,
 )
+from ..errors import APIError, AuthenticationError, ServiceUnavailableError
+from ..principal import acting_as
 from .errors import error_response
 
 __all__ = ["AuthMiddleware", "AuthUnavailable", "Authenticator", "InvalidToken", "JwksKeys", "TokenVerifier"]

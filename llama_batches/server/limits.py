@@ -36,9 +36,9 @@ import asyncio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..api.common import Endpoint
+from ..config_uploads import UploadsConfig
 from ..errors import APIError, InvalidRequestError, PayloadTooLargeError, RateLimitedError
 from .errors import error_response
-from .upload_config import UploadsConfig
 
 __all__ = [
     "INFERENCE_ROUTES",

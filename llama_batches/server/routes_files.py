@@ -19,10 +19,10 @@ from ..api import (
     Order,
 )
 from ..api.files import UPLOAD_PURPOSES, LateExpiresAfter, late_expiry_files, plausible_file_id
+from ..config_uploads import UploadsConfig
 from ..errors import InvalidRequestError, NotFoundError, quoted
 from ..stack import Stack
 from .jsonl import checked_jsonl
-from .upload_config import UploadsConfig
 from .uploads import StreamingForm, spool
 
 __all__ = ["DEFAULT_MAX_FILE_BYTES", "files_router"]
