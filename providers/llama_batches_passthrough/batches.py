@@ -21,8 +21,8 @@ from openai.pagination import AsyncCursorPage
 from pydantic import BaseModel
 
 from llama_batches.api import Batch, ListBatchesResponse, Order, OutputExpiresAfter
-from llama_batches.errors import APIError, ConflictError, InvalidRequestError, NotFoundError, quoted
-from llama_batches.idempotency import check_key, fingerprint, mark_replayed, scoped_key
+from llama_batches.errors import APIError, InvalidRequestError, NotFoundError
+from llama_batches.idempotency import IdempotentCreate, mark_replayed
 from llama_batches.principal import current_principal
 from llama_batches.storage import Stored, Table
 
@@ -116,13 +116,13 @@ class PassthroughBatches:
             raise NotFoundError.for_resource("file", input_file_id, param="input_file_id")  # not the caller's file
         if idempotency_key is None:
             return await self._mine(await self._remote_create(params, None, None))
-        check_key(idempotency_key)
-        owner = current_principal()
+        claim = IdempotentCreate.of(current_principal(), idempotency_key, params)
+        owner = claim.owner
         entry = LedgerEntry(
-            id=scoped_key(owner, idempotency_key),
+            id=claim.scope,
             created_at=int(self._clock()),
             idempotency_key=idempotency_key,
-            fingerprint=fingerprint(params),
+            fingerprint=claim.fingerprint,
             marker=uuid.uuid4().hex,
             claimed_until=self._claim_deadline(),
         )
@@ -152,14 +152,8 @@ class PassthroughBatches:
             if stored is None:
                 continue  # the claim was released after the remote refused it: claim again
             current = stored.value
-            if current.fingerprint != entry.fingerprint:
-                raise ConflictError(
-                    f"Idempotency key {quoted(entry.idempotency_key or '')} was already used with different "
-                    "parameters. "
-                    "Use another key to create a different batch.",
-                    code="idempotency_key_reused",
-                    param="idempotency_key",
-                )
+            claim = IdempotentCreate(owner, entry.idempotency_key, entry.fingerprint)
+            claim.check(current.fingerprint, current.remote_batch_id)
             if current.state is LedgerState.created and current.remote_batch_id:
                 mark_replayed()
                 return await self.retrieve_batch(current.remote_batch_id)

@@ -19,8 +19,8 @@ from llama_batches.api import (
     Order,
     OutputExpiresAfter,
 )
-from llama_batches.errors import ConflictError, InvalidRequestError, RateLimitedError, quoted
-from llama_batches.idempotency import mark_replayed, one_key
+from llama_batches.errors import ConflictError, InvalidRequestError, RateLimitedError
+from llama_batches.idempotency import IdempotentCreate, mark_replayed, one_key
 from llama_batches.principal import current_principal
 from llama_batches.storage import Leases, ResultLog, Table
 
@@ -147,19 +147,15 @@ class ReferenceBatchesImpl(BatchImport):
             created_at=now,
             batch=batch,
             idempotency_key=key,
-            fingerprint=params.fingerprint() if key is not None else None,
+            fingerprint=IdempotentCreate.of(owner, key, params.model_dump(mode="json")).fingerprint
+            if key is not None
+            else None,
             output_expires_after=params.output_expires_after,
         )
 
     async def _replay(self, owner: str, record: BatchRecord, key: str | None) -> Batch:
         existing = await self.store.get(owner, record.id)
-        if existing.fingerprint != record.fingerprint:
-            raise ConflictError(
-                f"Idempotency key {quoted(key or '')} was already used to create batch {existing.id} with different "
-                "parameters. Use another key to create a different batch.",
-                code="idempotency_key_reused",
-                param="idempotency_key",
-            )
+        IdempotentCreate(owner, key or "", record.fingerprint or "").check(existing.fingerprint, existing.id)
         mark_replayed()
         return await self.retrieve_batch(existing.id)
 

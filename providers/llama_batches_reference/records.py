@@ -30,7 +30,7 @@ class CreateParams(BaseModel):
     output_expires_after: OutputExpiresAfter | None
 
     def fingerprint(self) -> str:
-        """sha256 of the canonical JSON of the parameters: metadata key order does not matter, None != {}."""
+        """What an idempotency key binds: :func:`llama_batches.idempotency.fingerprint` of these parameters."""
         return fingerprint(self.model_dump(mode="json"))
 
 
@@ -60,7 +60,7 @@ def batch_id_for(owner: str, idempotency_key: str | None) -> str:
     """A new random id; or, for a key, the id every create with (owner, key) agrees on without asking anyone."""
     if idempotency_key is None:
         return f"batch_{uuid.uuid4().hex}"
-    return f"batch_{scoped_key(owner, idempotency_key)[:32]}"
+    return f"batch_{scoped_key(owner, idempotency_key)[:32]}"  # IdempotentCreate.scope, shortened
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
