@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from llama_batches.api.common import Order
 from llama_batches.errors import ConfigError
 from llama_batches.storage import (
     Lease,
@@ -129,16 +130,13 @@ async def test_sqlite_list_reads_one_page_through_an_index(tmp_path: Path) -> No
     table = await db.table("notes", Note)
     assert isinstance(table, SqliteTable)
     conn = await db.connection()
-    for tag in (None, "odd"):
-        sql = (
-            "EXPLAIN QUERY PLAN SELECT data FROM notes WHERE owner = ? AND (? IS NULL OR tag = ?) "
-            "AND (created_at, seq) < (SELECT created_at, seq FROM notes WHERE owner = ? AND id = ?) "
-            "ORDER BY created_at DESC, seq DESC LIMIT 21"
-        )
-        async with conn.execute(sql, ("alice", tag, tag, "alice", "x")) as cursor:
-            plan = " ".join(str(row[-1]) for row in await cursor.fetchall())
-        assert "USE TEMP B-TREE FOR ORDER BY" not in plan, plan
-        assert "INDEX" in plan, plan
+    for tag, after in ((None, None), ("odd", None), (None, "x"), ("odd", "x")):
+        for order in Order:
+            sql, params = table.list_statement("alice", after=after, limit=20, order=order, tag=tag)
+            async with conn.execute(f"EXPLAIN QUERY PLAN {sql}", params) as cursor:
+                plan = " ".join(str(row[-1]) for row in await cursor.fetchall())
+            assert "USE TEMP B-TREE FOR ORDER BY" not in plan, (tag, after, order, plan)
+            assert "INDEX" in plan, plan
     await db.close()
 
 

@@ -50,7 +50,7 @@ class StorageBackends:
             known = ", ".join(sorted(self._configs)) or "(none)"
             raise ConfigError(path, f"unknown storage backend '{name}'; storage.backends has: {known}")
         if isinstance(config, SqliteBackendConfig):
-            return SqliteDatabase(config.db_path)
+            return SqliteDatabase(config.db_path, auto_migrate=config.auto_migrate)
         if isinstance(config, MemoryBackendConfig):
             return MemoryDatabase()
         if isinstance(config, PostgresBackendConfig):

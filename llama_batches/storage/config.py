@@ -49,6 +49,12 @@ class SqliteBackendConfig(BaseModel):
 
     type: Literal[BackendType.kv_sqlite, BackendType.sql_sqlite]
     db_path: str = Field(description="Path of the database file; created with its directory when missing.")
+    auto_migrate: bool = Field(
+        default=True,
+        description="Apply pending schema migrations when a store is opened at start (one process at a time). "
+        "With false, a process only creates missing stores and refuses an outdated one: run "
+        "'llama-batches db upgrade' first.",
+    )
 
 
 class PostgresBackendConfig(BaseModel):
@@ -63,6 +69,12 @@ class PostgresBackendConfig(BaseModel):
     user: str
     password: str | None = None
     pool_size: int = Field(default=10, ge=1, description="Connections kept open to the database at most.")
+    auto_migrate: bool = Field(
+        default=True,
+        description="Apply pending schema migrations when a store is opened at start (one process at a time). "
+        "With false, a process only creates missing stores and refuses an outdated one: run "
+        "'llama-batches db upgrade' first.",
+    )
 
 
 class MemoryBackendConfig(BaseModel):

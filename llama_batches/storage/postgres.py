@@ -1,9 +1,11 @@
-"""PostgreSQL backend (asyncpg): every SQL statement this backend runs is in this module (leases in
-:mod:`.postgres_leases`).
+"""PostgreSQL backend (asyncpg): records and result logs (leases in :mod:`.postgres_leases`). Their statements are
+in ``sql/postgres/records.sql`` and ``results.sql``.
 
-One connection pool per database, shared by every table opened on it. Schema is created on first use under an
-advisory lock (several processes may start at once), and columns added later are added with ``ADD COLUMN IF NOT
-EXISTS``, so starting a newer version migrates an older database in place.
+One connection pool per database, shared by every table opened on it. The schema is in versioned forward
+migrations, ``sql/postgres/<kind>/NNNN_name.sql`` (see :mod:`.schema`): opening a store applies those it lacks, in
+one transaction under an advisory lock (several processes may start at once; one migrates, the others then find
+nothing to do), and records them in the table ``llama_batches_schema``. With ``auto_migrate: false`` the backend
+only creates missing stores, and ``llama-batches db upgrade`` applies the rest.
 """
 
 from __future__ import annotations
@@ -34,86 +36,43 @@ from .base import (
     storable,
 )
 from .config import PostgresBackendConfig
-from .postgres_leases import LEASES_SCHEMA, PostgresLeases, check_fence
+from .postgres_leases import PostgresLeases, check_fence
+from .schema import (
+    Dialect,
+    PostgresSchemaSession,
+    StoreKind,
+    StoreVersion,
+    migrate_store,
+    queries,
+    schema_status,
+    upgrade_stores,
+)
 
 __all__ = ["PostgresDatabase", "PostgresLeases", "PostgresResultLog", "PostgresTable"]
 
 R = TypeVar("R", bound=BaseModel)
 
-_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS {t} (
-        seq BIGSERIAL PRIMARY KEY,
-        owner TEXT NOT NULL,
-        id TEXT NOT NULL,
-        created_at BIGINT NOT NULL,
-        tag TEXT,
-        version INTEGER NOT NULL DEFAULT 1,
-        data TEXT NOT NULL,
-        UNIQUE (owner, id))""",
-    "CREATE INDEX IF NOT EXISTS {t}_by_time ON {t} (owner, created_at, seq)",
-    "CREATE INDEX IF NOT EXISTS {t}_by_tag ON {t} (owner, tag, created_at, seq)",
-    "CREATE INDEX IF NOT EXISTS {t}_by_tag_only ON {t} (tag, created_at, seq)",
-]
-_INSERT = "INSERT INTO {t} (owner, id, created_at, tag, data) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING"
-_GET = "SELECT data, version FROM {t} WHERE owner = $1 AND id = $2"
-_REPLACE = "UPDATE {t} SET data = $1, tag = $2, version = version + 1 WHERE owner = $3 AND id = $4 AND version = $5"
-_DELETE = "DELETE FROM {t} WHERE owner = $1 AND id = $2"
-_UPDATE = (
-    "UPDATE {t} SET data = ({data})::text, tag = COALESCE($3::text, tag), version = version + 1 "
-    "WHERE owner = $1 AND id = $2 AND ($4::text[] IS NULL OR tag = ANY($4::text[])) RETURNING data, version"
-)
-_JSON_SET = "jsonb_set({target}, ${path}::text[], ${value}::jsonb)"
-_JSON_OBJECT = (
-    "jsonb_set({target}, ${path}::text[], CASE WHEN jsonb_typeof(data::jsonb #> ${path}::text[]) = 'object' "
-    "THEN data::jsonb #> ${path}::text[] ELSE '{{}}'::jsonb END)"
-)
-_LOCK_FOR_UPDATE = (
-    "SELECT data FROM {t} WHERE owner = $1 AND id = $2 AND ($3::text[] IS NULL OR tag = ANY($3::text[])) "
-    "FOR NO KEY UPDATE"
-)
-_UPDATE_DATA = (
-    "UPDATE {t} SET data = $3, tag = COALESCE($4::text, tag), version = version + 1 WHERE owner = $1 AND id = $2 "
-    "RETURNING data, version"
-)
+_RECORDS_SQL = queries(Dialect.postgres, "records")
+_INSERT = _RECORDS_SQL["insert"]
+_GET = _RECORDS_SQL["get"]
+_REPLACE = _RECORDS_SQL["replace"]
+_DELETE = _RECORDS_SQL["delete"]
+_UPDATE = _RECORDS_SQL["update"]
+_JSON_SET = _RECORDS_SQL["json_set"]
+_JSON_OBJECT = _RECORDS_SQL["json_object"]
+_LOCK_FOR_UPDATE = _RECORDS_SQL["lock_for_update"]
+_UPDATE_DATA = _RECORDS_SQL["update_data"]
+_LIST = _RECORDS_SQL["list"]
+_CURSOR = _RECORDS_SQL["cursor"]
+_LIST_TAGGED = _RECORDS_SQL["list_tagged"]
 _UNTRANSLATABLE_CHARACTER = "22P05"
-_LIST = (
-    "SELECT data FROM {t} WHERE owner = $1 AND ($2::text IS NULL OR tag = $2) {cursor} "
-    "ORDER BY created_at {direction}, seq {direction} LIMIT $3"
-)
-_CURSOR = "AND (created_at, seq) {cmp} (SELECT created_at, seq FROM {t} WHERE owner = $1 AND id = $4)"
-_LIST_TAGGED = "SELECT owner, data, version FROM {t} WHERE tag = ANY($1::text[]) ORDER BY created_at, seq LIMIT $2"
 
-_RESULTS_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS {t} (
-        batch_id TEXT NOT NULL,
-        line INTEGER NOT NULL,
-        owner TEXT NOT NULL,
-        custom_id TEXT NOT NULL,
-        ok BOOLEAN NOT NULL,
-        output BYTEA NOT NULL,
-        input_tokens BIGINT NOT NULL DEFAULT 0,
-        output_tokens BIGINT NOT NULL DEFAULT 0,
-        cached_tokens BIGINT NOT NULL DEFAULT 0,
-        reasoning_tokens BIGINT NOT NULL DEFAULT 0,
-        PRIMARY KEY (batch_id, line))""",
-    "CREATE INDEX IF NOT EXISTS {t}_by_outcome ON {t} (batch_id, ok, line)",
-]
-_RESULTS_INSERT = (
-    "INSERT INTO {t} (batch_id, line, owner, custom_id, ok, output, input_tokens, output_tokens, cached_tokens, "
-    "reasoning_tokens) SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::bool[], $6::bytea[], "
-    "$7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[]) ON CONFLICT DO NOTHING"
-)
-_RESULTS_LINES = "SELECT line FROM {t} WHERE batch_id = $1"
-_RESULTS_READ = (
-    "SELECT batch_id, line, custom_id, ok, output, input_tokens, output_tokens, cached_tokens, reasoning_tokens "
-    "FROM {t} WHERE batch_id = $1 AND ok = $2 AND line > $3 ORDER BY line LIMIT $4"
-)
-_RESULTS_TOTALS = (
-    "SELECT COUNT(*) FILTER (WHERE ok), COUNT(*) FILTER (WHERE NOT ok), COALESCE(SUM(input_tokens), 0), "
-    "COALESCE(SUM(output_tokens), 0), COALESCE(SUM(cached_tokens), 0), COALESCE(SUM(reasoning_tokens), 0) "
-    "FROM {t} WHERE batch_id = $1"
-)
-_RESULTS_DELETE = "DELETE FROM {t} WHERE batch_id = $1"
+_RESULTS_SQL = queries(Dialect.postgres, "results")
+_RESULTS_INSERT = _RESULTS_SQL["insert"]
+_RESULTS_LINES = _RESULTS_SQL["lines"]
+_RESULTS_READ = _RESULTS_SQL["read"]
+_RESULTS_TOTALS = _RESULTS_SQL["totals"]
+_RESULTS_DELETE = _RESULTS_SQL["delete"]
 
 
 def _jsonb_changes(changes: Mapping[str, Any], *, first: int) -> tuple[str, list[Any]]:
@@ -191,13 +150,28 @@ class PostgresDatabase:
             )
         return self._pool
 
-    async def migrate(self, name: str, statements: Sequence[str]) -> None:
-        """Create (or update) the schema of ``name``, one process at a time."""
+    @asynccontextmanager
+    async def _schema(self) -> AsyncIterator[PostgresSchemaSession]:
         pool = await self.pool()
         async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", name)
-            for statement in statements:
-                await conn.execute(statement.format(t=name))
+            session = PostgresSchemaSession(conn)
+            await session.lock()
+            yield session
+
+    async def migrate(self, name: str, kind: StoreKind) -> None:
+        """Create the table ``name`` of ``kind``, or apply its pending migrations, one process at a time."""
+        async with self._schema() as session:
+            await migrate_store(session, check_identifier(name), kind, auto=self.config.auto_migrate)
+
+    async def schema_status(self) -> list[StoreVersion]:
+        """Every store of the database, at its version."""
+        async with self._schema() as session:
+            return await schema_status(session)
+
+    async def upgrade(self) -> list[StoreVersion]:
+        """Apply every pending migration of every store; the stores as they were before."""
+        async with self._schema() as session:
+            return await upgrade_stores(session)
 
     async def execute(self, sql: str, *args: Any) -> int:
         """Run a write statement; its row count."""
@@ -210,18 +184,18 @@ class PostgresDatabase:
         return list(await pool.fetch(sql, *args))
 
     async def table(self, name: str, model: type[R]) -> Table[R]:
-        """The table ``name`` of ``model`` records, created when missing."""
-        await self.migrate(check_identifier(name), _SCHEMA)
+        """The table ``name`` of ``model`` records, created (or migrated) when needed."""
+        await self.migrate(name, StoreKind.records)
         return PostgresTable(self, name, model)
 
     async def result_log(self, name: str) -> ResultLog:
-        """The result log ``name``, created when missing."""
-        await self.migrate(check_identifier(name), _RESULTS_SCHEMA)
+        """The result log ``name``, created (or migrated) when needed."""
+        await self.migrate(name, StoreKind.results)
         return PostgresResultLog(self, name)
 
     async def leases(self, name: str) -> Leases:
-        """The lease table ``name``, created when missing."""
-        await self.migrate(check_identifier(name), LEASES_SCHEMA)
+        """The lease table ``name``, created (or migrated) when needed."""
+        await self.migrate(name, StoreKind.leases)
         return PostgresLeases(self, name)
 
     @asynccontextmanager

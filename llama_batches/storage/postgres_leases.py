@@ -1,4 +1,4 @@
-"""PostgreSQL leases and fences: every SQL statement about leases that the PostgreSQL backend runs is in this module.
+"""PostgreSQL leases and fences; their statements are in ``sql/postgres/leases.sql``.
 
 A lease row is never deleted: releasing it clears its holder, so its epoch (the fencing token) only grows. A
 fenced write reads the epoch ``FOR SHARE`` inside its transaction: an acquisition (an ``UPDATE`` of that row) then
@@ -13,50 +13,24 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .base import Fence, Lease, LeaseLost, Table, check_identifier, storable
+from .schema import Dialect, queries
 
 if TYPE_CHECKING:
     from .postgres import PostgresDatabase
 
-__all__ = ["LEASES_SCHEMA", "PostgresLeases", "check_fence"]
+__all__ = ["PostgresLeases", "check_fence"]
 
-LEASES_SCHEMA = [
-    "CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL, "
-    "epoch BIGINT NOT NULL DEFAULT 0, failures BIGINT NOT NULL DEFAULT 0)",
-    # ALTER TABLE takes an ACCESS EXCLUSIVE lock even when the column exists, queueing every lease statement of
-    # every worker behind any open fenced write: alter only a table that lacks the column
-    *(
-        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '{t}'::regclass "
-        f"AND attname = '{column}' AND NOT attisdropped) THEN "
-        f"ALTER TABLE {{t}} ADD COLUMN {column} BIGINT NOT NULL DEFAULT 0; END IF; END $$"
-        for column in ("epoch", "failures")
-    ),
-]
-_LEASE_TAKE = (
-    "INSERT INTO {t} (key, holder, expires_at, epoch) "
-    "SELECT key, $2::text, $3::float8, 1 FROM unnest($1::text[]) AS key ON CONFLICT (key) DO UPDATE "
-    "SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at, epoch = {t}.epoch + 1, "
-    "failures = {t}.failures + (CASE WHEN {t}.holder <> '' THEN 1 ELSE 0 END) "
-    "WHERE {t}.expires_at <= $4 RETURNING key, epoch, failures"
-)
-# lease rows of the candidates, each locked unless another transaction holds it (a fenced write of the expired
-# holder, still open): such a key is left out rather than waited for
-_LEASE_EXISTING = "SELECT key FROM {t} WHERE key = ANY($1::text[])"
-# a claim never waits long on a lock (a paused or partitioned worker's transaction): it fails and the next poll retries
-_LOCK_TIMEOUT = "SET LOCAL lock_timeout = '2s'"
-_LEASE_LOCKABLE = "SELECT key FROM {t} WHERE key = ANY($1::text[]) FOR UPDATE SKIP LOCKED"
-_LEASE_CANDIDATES = (
-    "SELECT b.owner, b.id FROM {table} b WHERE b.tag = ANY($1::text[]) "
-    "AND NOT EXISTS (SELECT 1 FROM {t} l WHERE l.key = b.id AND l.expires_at > $2) "
-    "ORDER BY b.created_at, b.seq LIMIT $3 FOR UPDATE OF b SKIP LOCKED"
-)
-_LEASE_RENEW = "UPDATE {t} SET expires_at = $1 WHERE key = $2 AND epoch = $3 AND holder = $4"
-_LEASE_RELEASE = (
-    "UPDATE {t} SET holder = '', expires_at = $1, failures = failures + $2 "
-    "WHERE key = $3 AND epoch = $4 AND holder = $5"
-)
-_LEASE_HOLDER = "SELECT holder FROM {t} WHERE key = $1 AND expires_at > $2 AND holder <> ''"
-_LEASE_CURRENT = "SELECT holder, epoch, failures FROM {t} WHERE key = $1"
-_FENCE_EPOCH = "SELECT epoch FROM {t} WHERE key = $1 FOR SHARE"
+_LEASES_SQL = queries(Dialect.postgres, "leases")
+_LEASE_TAKE = _LEASES_SQL["take"]
+_LEASE_EXISTING = _LEASES_SQL["existing"]
+_LOCK_TIMEOUT = _LEASES_SQL["lock_timeout"]
+_LEASE_LOCKABLE = _LEASES_SQL["lockable"]
+_LEASE_CANDIDATES = _LEASES_SQL["candidates"]
+_LEASE_RENEW = _LEASES_SQL["renew"]
+_LEASE_RELEASE = _LEASES_SQL["release"]
+_LEASE_HOLDER = _LEASES_SQL["holder"]
+_LEASE_CURRENT = _LEASES_SQL["current"]
+_FENCE_EPOCH = _LEASES_SQL["fence_epoch"]
 
 
 async def check_fence(conn: Any, fence: Fence) -> None:

@@ -1,5 +1,6 @@
-"""SQLite backend (aiosqlite): every SQL statement this backend runs is in this module (leases in
-:mod:`.sqlite_leases`).
+"""SQLite backend (aiosqlite): records and result logs (leases in :mod:`.sqlite_leases`). Their statements are in
+``sql/sqlite/records.sql`` and ``results.sql``; the schema is in versioned migrations,
+``sql/sqlite/<kind>/NNNN_name.sql``, applied when a store is opened (see :mod:`.schema`).
 
 One connection per database file, in autocommit mode with WAL journaling and ``synchronous=NORMAL``: each
 statement is atomic, readers never block the writer, and a commit costs no fsync (WAL is synced at checkpoints).
@@ -36,78 +37,42 @@ from .base import (
     check_identifier,
     storable,
 )
+from .schema import (
+    Dialect,
+    SqliteSchemaSession,
+    StoreKind,
+    StoreVersion,
+    migrate_store,
+    queries,
+    schema_status,
+    upgrade_stores,
+)
 from .sqlite_leases import SqliteLeases, check_fence
 
 __all__ = ["SqliteDatabase", "SqliteLeases", "SqliteResultLog", "SqliteTable"]
 
 R = TypeVar("R", bound=BaseModel)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS {t} (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    owner TEXT NOT NULL,
-    id TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    tag TEXT,
-    version INTEGER NOT NULL DEFAULT 1,
-    data TEXT NOT NULL,
-    UNIQUE (owner, id)
-);
-CREATE INDEX IF NOT EXISTS {t}_by_time ON {t} (owner, created_at, seq);
-CREATE INDEX IF NOT EXISTS {t}_by_tag ON {t} (owner, tag, created_at, seq);
-CREATE INDEX IF NOT EXISTS {t}_by_tag_only ON {t} (tag, created_at, seq);
-"""
+_RECORDS_SQL = queries(Dialect.sqlite, "records")
+_INSERT = _RECORDS_SQL["insert"]
+_GET = _RECORDS_SQL["get"]
+_REPLACE = _RECORDS_SQL["replace"]
+_DELETE = _RECORDS_SQL["delete"]
+_UPDATE = _RECORDS_SQL["update"]
+_UPDATE_WHEN_TAGS = _RECORDS_SQL["update_when_tags"]
+_JSON_SET = _RECORDS_SQL["json_set"]
+_JSON_PAIR = _RECORDS_SQL["json_pair"]
+_JSON_OBJECT_PAIR = _RECORDS_SQL["json_object_pair"]
+_LIST = _RECORDS_SQL["list"]
+_CURSOR = _RECORDS_SQL["cursor"]
+_LIST_TAGGED = _RECORDS_SQL["list_tagged"]
 
-_INSERT = "INSERT INTO {t} (owner, id, created_at, tag, data) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
-_GET = "SELECT data, version FROM {t} WHERE owner = ? AND id = ?"
-_REPLACE = "UPDATE {t} SET data = ?, tag = ?, version = version + 1 WHERE owner = ? AND id = ? AND version = ?"
-_DELETE = "DELETE FROM {t} WHERE owner = ? AND id = ?"
-_UPDATE = (
-    "UPDATE {t} SET data = {data}, tag = COALESCE(?, tag), version = version + 1 "
-    "WHERE owner = ? AND id = ? {when} RETURNING data, version"
-)
-_UPDATE_WHEN_TAGS = "AND tag IN ({marks})"
-_JSON_SET = "json_set({target}, {pairs})"
-_JSON_PAIR = "?, json(?)"
-_JSON_OBJECT_PAIR = "?, json(CASE WHEN json_type(data, ?) = 'object' THEN json_extract(data, ?) ELSE '{}' END)"
-_LIST = (
-    "SELECT data FROM {t} WHERE owner = ? AND (? IS NULL OR tag = ?) {cursor} "
-    "ORDER BY created_at {direction}, seq {direction} LIMIT ?"
-)
-_CURSOR = "AND (created_at, seq) {cmp} (SELECT created_at, seq FROM {t} WHERE owner = ? AND id = ?)"
-_LIST_TAGGED = "SELECT owner, data, version FROM {t} WHERE tag IN ({marks}) ORDER BY created_at, seq LIMIT ?"
-
-_RESULTS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS {t} (
-    batch_id TEXT NOT NULL,
-    line INTEGER NOT NULL,
-    owner TEXT NOT NULL,
-    custom_id TEXT NOT NULL,
-    ok INTEGER NOT NULL,
-    output BLOB NOT NULL,
-    input_tokens INTEGER NOT NULL DEFAULT 0,
-    output_tokens INTEGER NOT NULL DEFAULT 0,
-    cached_tokens INTEGER NOT NULL DEFAULT 0,
-    reasoning_tokens INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (batch_id, line)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS {t}_by_outcome ON {t} (batch_id, ok, line);
-"""
-_RESULTS_INSERT = (
-    "INSERT INTO {t} (batch_id, line, owner, custom_id, ok, output, input_tokens, output_tokens, cached_tokens, "
-    "reasoning_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
-)
-_RESULTS_LINES = "SELECT line FROM {t} WHERE batch_id = ?"
-_RESULTS_READ = (
-    "SELECT batch_id, line, custom_id, ok, output, input_tokens, output_tokens, cached_tokens, reasoning_tokens "
-    "FROM {t} WHERE batch_id = ? AND ok = ? AND line > ? ORDER BY line LIMIT ?"
-)
-_RESULTS_TOTALS = (
-    "SELECT COALESCE(SUM(ok), 0), COALESCE(SUM(1 - ok), 0), COALESCE(SUM(input_tokens), 0), "
-    "COALESCE(SUM(output_tokens), 0), COALESCE(SUM(cached_tokens), 0), COALESCE(SUM(reasoning_tokens), 0) "
-    "FROM {t} WHERE batch_id = ?"
-)
-_RESULTS_DELETE = "DELETE FROM {t} WHERE batch_id = ?"
+_RESULTS_SQL = queries(Dialect.sqlite, "results")
+_RESULTS_INSERT = _RESULTS_SQL["insert"]
+_RESULTS_LINES = _RESULTS_SQL["lines"]
+_RESULTS_READ = _RESULTS_SQL["read"]
+_RESULTS_TOTALS = _RESULTS_SQL["totals"]
+_RESULTS_DELETE = _RESULTS_SQL["delete"]
 
 
 def _identity(record: BaseModel) -> tuple[str, int]:
@@ -136,8 +101,10 @@ def _json_changes(changes: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
 class SqliteDatabase:
     """A SQLite database file shared by the tables opened on it."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, auto_migrate: bool = True) -> None:
         self.path = Path(path).expanduser()
+        self.auto_migrate = auto_migrate
+        """Whether opening a store applies its pending migrations (else only a missing store is created)."""
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self.write_lock = asyncio.Lock()
@@ -156,23 +123,35 @@ class SqliteDatabase:
                 self._conn = conn
             return self._conn
 
+    async def migrate(self, name: str, kind: StoreKind) -> None:
+        """Create the table ``name`` of ``kind``, or apply its pending migrations (see :mod:`.schema`)."""
+        async with self.transaction() as conn:
+            await migrate_store(SqliteSchemaSession(conn), check_identifier(name), kind, auto=self.auto_migrate)
+
+    async def schema_status(self) -> list[StoreVersion]:
+        """Every store of the database, at its version."""
+        async with self.transaction() as conn:
+            return await schema_status(SqliteSchemaSession(conn))
+
+    async def upgrade(self) -> list[StoreVersion]:
+        """Apply every pending migration of every store; the stores as they were before."""
+        async with self.transaction() as conn:
+            return await upgrade_stores(SqliteSchemaSession(conn))
+
     async def table(self, name: str, model: type[R]) -> Table[R]:
-        """The table ``name`` of ``model`` records, created when missing."""
-        table = SqliteTable(self, check_identifier(name), model)
-        await table.create()
-        return table
+        """The table ``name`` of ``model`` records, created (or migrated) when needed."""
+        await self.migrate(name, StoreKind.records)
+        return SqliteTable(self, name, model)
 
     async def result_log(self, name: str) -> ResultLog:
-        """The result log ``name``, created when missing."""
-        log = SqliteResultLog(self, check_identifier(name))
-        await log.create()
-        return log
+        """The result log ``name``, created (or migrated) when needed."""
+        await self.migrate(name, StoreKind.results)
+        return SqliteResultLog(self, name)
 
     async def leases(self, name: str) -> Leases:
         """The lease table ``name``, created (or migrated) when needed."""
-        leases = SqliteLeases(self, check_identifier(name))
-        await leases.create()
-        return leases
+        await self.migrate(name, StoreKind.leases)
+        return SqliteLeases(self, name)
 
     async def write(self, sql: str, params: tuple[Any, ...]) -> int:
         """Run one write statement; its row count."""
@@ -233,12 +212,6 @@ class SqliteTable(Generic[R]):
     async def _execute(self, sql: str, params: tuple[Any, ...]) -> int:
         return await self._db.write(sql, params)
 
-    async def create(self) -> None:
-        """Create the table and its indexes when missing."""
-        conn = await self._db.connection()
-        async with self._db.write_lock:
-            await conn.executescript(self._sql(_SCHEMA))
-
     async def insert(self, owner: str, record: R, *, tag: str | None = None) -> bool:
         record_id, created_at = _identity(record)
         params = (owner, record_id, created_at, tag, record.model_dump_json())
@@ -297,17 +270,23 @@ class SqliteTable(Generic[R]):
     ) -> Page[R]:
         if not storable(owner, after):
             return Page([], has_more=False)
+        sql, params = self.list_statement(owner, after=after, limit=limit, order=order, tag=tag)
+        conn = await self._db.connection()
+        async with conn.execute(sql, params) as cursor:
+            rows = list(await cursor.fetchall())
+        items = [self._model.model_validate_json(row[0]) for row in rows[:limit]]
+        return Page(items, has_more=len(rows) > limit)
+
+    def list_statement(
+        self, owner: str, *, after: str | None, limit: int, order: Order, tag: str | None
+    ) -> tuple[str, tuple[Any, ...]]:
+        """The statement that :meth:`list` runs, and its parameters (one row more than ``limit``: is there more?)."""
         direction, cmp = ("DESC", "<") if order is Order.desc else ("ASC", ">")
         cursor_sql = self._sql(_CURSOR, cmp=cmp) if after is not None else ""
         params: tuple[Any, ...] = (owner, tag, tag)
         if after is not None:
             params += (owner, after)
-        sql = self._sql(_LIST, cursor=cursor_sql, direction=direction)
-        conn = await self._db.connection()
-        async with conn.execute(sql, (*params, limit + 1)) as cursor:
-            rows = list(await cursor.fetchall())
-        items = [self._model.model_validate_json(row[0]) for row in rows[:limit]]
-        return Page(items, has_more=len(rows) > limit)
+        return self._sql(_LIST, cursor=cursor_sql, direction=direction), (*params, limit + 1)
 
     async def list_tagged(self, tags: Sequence[str], *, limit: int = 1000) -> builtins.list[tuple[str, Stored[R]]]:
         if not tags:
@@ -332,12 +311,6 @@ class SqliteResultLog:
 
     def _sql(self, template: str) -> str:
         return template.format(t=self._name)
-
-    async def create(self) -> None:
-        """Create the table when missing."""
-        conn = await self._db.connection()
-        async with self._db.write_lock:
-            await conn.executescript(self._sql(_RESULTS_SCHEMA))
 
     async def record(self, owner: str, results: Sequence[RequestResult], *, fence: Fence | None = None) -> None:
         rows = [

@@ -1,4 +1,4 @@
-"""SQLite leases and fences: every SQL statement about leases that the SQLite backend runs is in this module.
+"""SQLite leases and fences; their statements are in ``sql/sqlite/leases.sql``.
 
 A lease row is never deleted: releasing it clears its holder, so its epoch (the fencing token) only grows. A fenced
 write checks the epoch inside a ``BEGIN IMMEDIATE`` transaction (see :meth:`SqliteDatabase.transaction`), which
@@ -15,37 +15,21 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 
 from .base import Fence, Lease, LeaseLost, Table, check_identifier, storable
+from .schema import Dialect, queries
 
 if TYPE_CHECKING:
     from .sqlite import SqliteDatabase
 
 __all__ = ["SqliteLeases", "check_fence"]
 
-_LEASES_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at REAL NOT NULL, "
-    "epoch INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0)"
-)
-_LEASE_COLUMNS = "SELECT name FROM pragma_table_info(?)"
-_LEASE_ADD_COLUMN = "ALTER TABLE {t} ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0"
-_LEASE_TAKE = (
-    "INSERT INTO {t} (key, holder, expires_at, epoch) VALUES (?, ?, ?, 1) ON CONFLICT (key) DO UPDATE "
-    "SET holder = excluded.holder, expires_at = excluded.expires_at, epoch = {t}.epoch + 1, "
-    "failures = {t}.failures + ({t}.holder <> '') "
-    "WHERE {t}.expires_at <= ? RETURNING epoch, failures"
-)
-_LEASE_CANDIDATES = (
-    "SELECT b.owner, b.id FROM {table} b LEFT JOIN {t} l ON l.key = b.id "
-    "WHERE b.tag IN ({marks}) AND (l.key IS NULL OR l.expires_at <= ?) ORDER BY b.created_at, b.seq LIMIT ?"
-)
-_LEASE_RENEW = "UPDATE {t} SET expires_at = ? WHERE key = ? AND epoch = ? AND holder = ?"
-_LEASE_RELEASE = (
-    "UPDATE {t} SET holder = '', expires_at = ?, failures = failures + ? WHERE key = ? AND epoch = ? AND holder = ?"
-)
-_LEASE_HOLDER = "SELECT holder FROM {t} WHERE key = ? AND expires_at > ? AND holder <> ''"
-_LEASE_CURRENT = "SELECT holder, epoch, failures FROM {t} WHERE key = ?"
-_FENCE_EPOCH = "SELECT epoch FROM {t} WHERE key = ?"
-
-_ADDED_COLUMNS = ("epoch", "failures")
+_LEASES_SQL = queries(Dialect.sqlite, "leases")
+_LEASE_TAKE = _LEASES_SQL["take"]
+_LEASE_CANDIDATES = _LEASES_SQL["candidates"]
+_LEASE_RENEW = _LEASES_SQL["renew"]
+_LEASE_RELEASE = _LEASES_SQL["release"]
+_LEASE_HOLDER = _LEASES_SQL["holder"]
+_LEASE_CURRENT = _LEASES_SQL["current"]
+_FENCE_EPOCH = _LEASES_SQL["fence_epoch"]
 
 
 async def check_fence(conn: aiosqlite.Connection, fence: Fence) -> None:
@@ -68,17 +52,6 @@ class SqliteLeases:
 
     def _sql(self, template: str, **parts: str) -> str:
         return template.format(t=self.name, **parts)
-
-    async def create(self) -> None:
-        """Create the table when missing, and add the columns that older versions lacked (``epoch``,
-        ``failures``), in one transaction so that processes starting together migrate it once."""
-        async with self._db.transaction() as conn:
-            await conn.execute(self._sql(_LEASES_SCHEMA))
-            async with conn.execute(_LEASE_COLUMNS, (self.name,)) as cursor:
-                columns = {str(row[0]) for row in await cursor.fetchall()}
-            for column in _ADDED_COLUMNS:
-                if column not in columns:
-                    await conn.execute(self._sql(_LEASE_ADD_COLUMN, column=column))
 
     async def _take(self, conn: aiosqlite.Connection, key: str, holder: str, ttl_s: float, now: float) -> Lease | None:
         async with conn.execute(self._sql(_LEASE_TAKE), (key, holder, now + ttl_s, now)) as cursor:
