@@ -62,11 +62,12 @@ class PostgresLeases:
         return (await self._take(await self._db.pool(), [key], holder, ttl_s, now)).get(key)
 
     def _table_name(self, table: Table[Any]) -> str:
-        from .postgres import PostgresTable
-
-        if not isinstance(table, PostgresTable) or table.database is not self._db:
+        """The name of ``table``, which must be a table of this lease table's database (a PostgresTable: only those
+        carry it as ``database``)."""
+        opened: Any = table
+        if getattr(opened, "database", None) is not self._db:
             raise TypeError("a PostgreSQL lease table claims records of a table opened on the same PostgresDatabase")
-        return table.name
+        return str(opened.name)
 
     async def claim(
         self, table: Table[Any], tags: Sequence[str], holder: str, ttl_s: float, now: float, *, limit: int

@@ -64,11 +64,12 @@ class SqliteLeases:
             return await self._take(conn, key, holder, ttl_s, now)
 
     def _table_name(self, table: Table[Any]) -> str:
-        from .sqlite import SqliteTable
-
-        if not isinstance(table, SqliteTable) or table.database is not self._db:
+        """The name of ``table``, which must be a table of this lease table's database (a SqliteTable: only those
+        carry it as ``database``)."""
+        opened: Any = table
+        if getattr(opened, "database", None) is not self._db:
             raise TypeError("a SQLite lease table claims records of a table opened on the same SqliteDatabase")
-        return table.name
+        return str(opened.name)
 
     async def claim(
         self, table: Table[Any], tags: Sequence[str], holder: str, ttl_s: float, now: float, *, limit: int
