@@ -14,6 +14,7 @@ from rich.table import Table
 
 from .api import BatchStatus
 from .cli_batches import batches_app
+from .cli_db import db_app
 from .cli_files import files_app
 from .cli_import import import_llama_stack_command
 from .cli_server import serve, worker
@@ -47,6 +48,7 @@ ConfigOption = Annotated[
 
 app.add_typer(batches_app, name="batches")
 app.add_typer(files_app, name="files")
+app.add_typer(db_app, name="db")
 
 
 def default_config_path() -> Path:
@@ -70,6 +72,10 @@ def providers() -> None:
     for (api, provider_type), spec in sorted(registry.specs.items()):
         table.add_row(api.value, provider_type, spec.module, spec.extra or "")
     console.print(table)
+    for plugin in registry.broken:  # one unwrapped line each, so that the reason can be read and searched whole
+        console.print(
+            f"broken plugin {plugin.label}, skipped: {plugin.reason}", markup=False, highlight=False, soft_wrap=True
+        )
 
 
 @app.command()

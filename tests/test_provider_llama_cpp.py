@@ -12,12 +12,11 @@ import pytest_asyncio
 pytest.importorskip("llama_cpp", reason="the model tests need the `local` extra: pip install -e '.[local]'")
 
 from llama_batches import build_stack
-from llama_batches.api import Endpoint, InferenceProvider
+from llama_batches.api import Endpoint
 from llama_batches.errors import NotFoundError
 from llama_batches_llama_cpp.config import DEFAULT_MODEL_ID, LlamaCppConfig
 from llama_batches_llama_cpp.inference import LlamaCppInference
 
-from .conformance.inference import InferenceConformance
 from .conftest import llama_cpp_provider, run_config
 
 # One event loop for the module, so that the model (loaded by a module-scoped fixture) is loaded once.
@@ -31,20 +30,6 @@ async def smollm2() -> AsyncIterator[LlamaCppInference]:
     await impl.initialize()
     yield impl
     await impl.shutdown()
-
-
-class TestLlamaCppConformance(InferenceConformance):
-    @pytest.fixture
-    def inference_provider(self, smollm2: LlamaCppInference) -> InferenceProvider:
-        return smollm2
-
-    @pytest.fixture
-    def model_id(self) -> str:
-        return DEFAULT_MODEL_ID
-
-    @pytest.fixture
-    def embedding_model_id(self) -> str:
-        return DEFAULT_MODEL_ID
 
 
 async def test_typed_call_for_an_unknown_model_is_not_found(smollm2: LlamaCppInference) -> None:

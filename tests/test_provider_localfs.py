@@ -44,14 +44,6 @@ def files_config(tmp_path: Path, backend: dict[str, Any], **extra: Any) -> dict[
     }
 
 
-class TestLocalfsOnSqlite(FilesConformance):
-    @pytest.fixture
-    async def files_impl(self, tmp_path: Path) -> AsyncIterator[Files]:
-        config = files_config(tmp_path, {"type": "sql_sqlite", "db_path": str(tmp_path / "sql.db")})
-        async with build_stack(config) as stack:
-            yield stack.files
-
-
 class TestLocalfsOnMemory(FilesConformance):
     @pytest.fixture
     async def files_impl(self, tmp_path: Path) -> AsyncIterator[Files]:

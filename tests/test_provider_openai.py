@@ -8,7 +8,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx2  # the openai SDK's HTTP library, whose request and response its errors carry
 import openai
@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from llama_batches import build_stack
-from llama_batches.api import Api, Endpoint, InferenceProvider
+from llama_batches.api import Endpoint
 from llama_batches.errors import (
     InvalidRequestError,
     NotFoundError,
@@ -25,12 +25,10 @@ from llama_batches.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from llama_batches.registry import ProviderDeps, default_registry, instantiate_provider
 from llama_batches.upstream import error_from_sdk
 from llama_batches_openai.config import OpenAIConfig
 from llama_batches_openai.inference import OpenAICompatInference
 
-from .conformance.inference import InferenceConformance
 from .conftest import openai_provider, run_config
 from .fake_backend import FakeBackend
 
@@ -49,25 +47,6 @@ async def openai_inference(base_url: str, **config: Any) -> AsyncIterator[OpenAI
         yield impl
     finally:
         await impl.shutdown()
-
-
-class TestOpenAIConformance(InferenceConformance):
-    @pytest.fixture
-    async def inference_provider(self, fake_backend: FakeBackend) -> AsyncIterator[InferenceProvider]:
-        """Built like a stack builds it: spec from the entry point, config validated, compliance checked."""
-        spec = default_registry().get(Api.inference, "remote::openai")
-        config = spec.config_class.model_validate({"base_url": fake_backend.base_url, "api_key": "test"})
-        impl = cast(OpenAICompatInference, await instantiate_provider(spec, config, ProviderDeps({})))
-        yield impl
-        await impl.shutdown()
-
-    @pytest.fixture
-    def model_id(self) -> str:
-        return "fake-model"
-
-    @pytest.fixture
-    def embedding_model_id(self) -> str:
-        return "fake-embed"
 
 
 async def test_raw_request_forwards_the_body_and_keeps_the_answer_as_is(fake_backend: FakeBackend) -> None:

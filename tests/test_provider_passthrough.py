@@ -13,12 +13,11 @@ import pytest
 from aiohttp import ClientSession, FormData, web
 
 from llama_batches import build_stack
-from llama_batches.api import ExpiresAfter, FilePurpose, Files
+from llama_batches.api import ExpiresAfter, FilePurpose
 from llama_batches.api.files import LateExpiresAfter, late_expiry_files
 from llama_batches.errors import InvalidRequestError, ServiceUnavailableError, UpstreamTimeoutError
 
-from .conformance.batches import CHAT, BatchesConformance, BatchesEnv, chat_line, jsonl
-from .conformance.files import FilesConformance
+from .conformance.batches import CHAT, BatchesEnv, chat_line, jsonl
 from .fake_backend import FakeBackend
 from .server_process import ServerProcess, free_port
 from .test_provider_reference import reference_config
@@ -63,16 +62,6 @@ async def remote(tmp_path: Path, fake_backend: FakeBackend) -> AsyncIterator[Ser
 async def env(tmp_path: Path, remote: ServerProcess, fake_backend: FakeBackend) -> AsyncIterator[BatchesEnv]:
     async with build_stack(front_config(tmp_path, remote.base_url)) as stack:
         yield BatchesEnv(stack.batches, stack.files, fake_backend)
-
-
-class TestPassthroughBatches(BatchesConformance):
-    pass
-
-
-class TestPassthroughFiles(FilesConformance):
-    @pytest.fixture
-    async def files_impl(self, env: BatchesEnv) -> Files:
-        return env.files
 
 
 async def remote_batch_ids(remote: ServerProcess) -> list[str]:

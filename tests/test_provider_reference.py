@@ -35,10 +35,6 @@ async def env(tmp_path: Path, fake_backend: FakeBackend) -> AsyncIterator[Batche
         yield BatchesEnv(stack.batches, stack.files, fake_backend)
 
 
-class TestReference(BatchesConformance):
-    pass
-
-
 class TestReferenceOnMemory(BatchesConformance):
     """The same suite with every store in process memory."""
 
