@@ -31,6 +31,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -268,3 +269,11 @@ def load_config(source: str | Path | Mapping[str, Any], env: Mapping[str, str] |
         raise validation_error("", exc, substituter.positions) from exc
     config._positions = substituter.positions
     return config
+
+
+def default_config_path() -> Path:
+    """``$LLAMA_BATCHES_CONFIG``, else the packaged embedded default config."""
+    configured = os.environ.get("LLAMA_BATCHES_CONFIG")
+    if configured:
+        return Path(configured)
+    return Path(str(resources.files("llama_batches") / "default-run.yaml"))

@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .api import TERMINAL_BATCH_STATUSES, Batch, FilePurpose, Files
-from .cli_server import configure_logging
 from .errors import InvalidRequestError
+from .logs import configure_logging
 from .stack import Stack, build_stack
 
 __all__ = ["RunPlan", "run_file"]

@@ -24,12 +24,12 @@ from typing import Literal
 
 from ..api import Api, Batch, BatchStatus
 from ..api.importing import BatchImporter, FileImporter
-from ..cli_server import with_execution
 from ..config import load_config
 from ..errors import ConfigError, LlamaBatchesError
 from ..principal import ANONYMOUS
 from ..registry import ProviderRegistry
 from ..stack import Stack, build_stack
+from ..workers import with_execution
 from .collisions import check_collisions
 from .convert import (
     UNFINISHED_STATUSES,

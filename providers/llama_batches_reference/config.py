@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -28,6 +28,9 @@ class ReferenceBatchesImplConfig(BaseModel):
     """The reference batches engine: idempotent creation, streamed validation, a durable sliding-window executor."""
 
     model_config = ConfigDict(extra="ignore")
+
+    WORKER_SWITCH: ClassVar[str] = "execute"
+    """This engine runs batches in the background; ``execute`` turns that on or off (:mod:`llama_batches.workers`)."""
 
     kvstore: KVStoreReference = Field(
         description="Store for batches and request checkpoints (its namespace names the tables)."

@@ -7,28 +7,23 @@ models) are shown at the command's ``--log-level``.
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
-import sys
 from pathlib import Path
-from typing import Annotated, TextIO
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from .config import RunConfig, load_config
-from .errors import LlamaBatchesError
-from .stack import Stack, build_stack
+from ..config import default_config_path, load_config
+from ..errors import LlamaBatchesError
+from ..logs import LOG_LEVELS, configure_logging
+from ..stack import Stack, build_stack
+from ..workers import with_execution, works_in_background
 
-__all__ = ["LOG_FORMAT", "LOG_LEVELS", "configure_logging", "serve", "with_execution", "worker"]
+__all__ = ["LOG_LEVEL_HELP", "ConfigOption", "logging_at", "serve", "worker"]
 
 errors = Console(stderr=True)
-ENGINE = "inline::reference"
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 LOG_LEVEL_HELP = "Log level: " + ", ".join(LOG_LEVELS) + "."
-_TRACE = 5  # uvicorn's level below debug
-_HANDLER_NAME = "llama-batches"
 
 ConfigOption = Annotated[
     Path | None,
@@ -41,42 +36,15 @@ ConfigOption = Annotated[
 ]
 
 
-class _StderrHandler(logging.StreamHandler[TextIO]):
-    """Writes to ``sys.stderr`` as it is at each record (a live progress display redirects it)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.stream = sys.stderr
-        super().emit(record)
-
-
-def configure_logging(level: str) -> None:
-    """Show log records at ``level`` (one of :data:`LOG_LEVELS`) and above on stderr. A second call replaces the
-    first one's handler instead of adding another."""
-    name = level.lower()
-    if name not in LOG_LEVELS:
-        raise typer.BadParameter(f"'{level}' is not one of {', '.join(LOG_LEVELS)}", param_hint="--log-level")
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
-        root.removeHandler(handler)
-    handler = _StderrHandler()
-    handler.set_name(_HANDLER_NAME)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    root.addHandler(handler)
-    root.setLevel(_TRACE if name == "trace" else logging.getLevelNamesMapping()[name.upper()])
-
-
-def with_execution(config: RunConfig, execute: bool | None) -> RunConfig:
-    """``config`` with the batches engine running batches in this process (a worker) or not (API only); None
-    leaves the config's ``execute`` as it is."""
-    for entry in config.providers.get("batches", []):
-        if entry.provider_type == ENGINE and execute is not None:
-            entry.config["execute"] = execute
-    return config
+def logging_at(level: str) -> None:
+    """:func:`llama_batches.logs.configure_logging`, an unknown level being a usage error of ``--log-level``."""
+    try:
+        configure_logging(level)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--log-level") from exc
 
 
 def _stack(config: Path | None, execute: bool | None) -> Stack:
-    from .cli import default_config_path
-
     try:
         return build_stack(with_execution(load_config(config or default_config_path()), execute))
     except LlamaBatchesError as exc:
@@ -99,9 +67,9 @@ def serve(
     """Serve the stack's OpenAI-compatible API (batches, files, models) over HTTP, with an embedded worker."""
     import uvicorn
 
-    from .server import create_app
+    from ..server import create_app
 
-    configure_logging(log_level)
+    logging_at(log_level)
     stack = _stack(config, execute=False if no_worker else None)
     bind_host = host or stack.config.server.host or "127.0.0.1"
     bind_port = port if port is not None else stack.config.server.port
@@ -114,10 +82,12 @@ def worker(
     log_level: Annotated[str, typer.Option(help=LOG_LEVEL_HELP)] = "info",
 ) -> None:
     """Run batches without serving HTTP: claim batches from the shared store, run them, until SIGTERM/SIGINT."""
-    configure_logging(log_level)
+    logging_at(log_level)
     stack = _stack(config, execute=True)
-    if not any(p.spec.provider_type == ENGINE for p in stack.plan):
-        errors.print(f"[bold red]error:[/] a worker needs a batches provider of type {ENGINE} in the config")
+    if not any(works_in_background(p.spec.config_class) for p in stack.plan):
+        errors.print(
+            "[bold red]error:[/] a worker needs a provider that runs batches (inline::reference) in the config"
+        )
         raise typer.Exit(code=2)
     asyncio.run(_work(stack))
 

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
-from .cli_client import JsonOption, client_app, connect, console, errors, list_table, print_json, show_fields, when
+from .client import JsonOption, client_app, connect, console, errors, list_table, print_json, show_fields, when
 
 __all__ = ["batches_app"]
 

@@ -10,10 +10,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import LlamaBatchesError
-from .migrate import ImportOptions, ImportReport, ItemResult, Outcome, Unfinished, import_llama_stack
-from .migrate.llama_stack import Kind
-from .principal import ANONYMOUS
+from ..errors import LlamaBatchesError
+from ..migrate import ImportOptions, ImportReport, ItemResult, Outcome, Unfinished, import_llama_stack
+from ..migrate.llama_stack import Kind
+from ..principal import ANONYMOUS
 
 __all__ = ["import_llama_stack_command"]
 

@@ -15,13 +15,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .config import load_config
-from .errors import LlamaBatchesError
-from .storage import StorageBackends
-from .storage.config import PostgresBackendConfig, SqliteBackendConfig
-from .storage.postgres import PostgresDatabase
-from .storage.schema import StoreVersion
-from .storage.sqlite import SqliteDatabase
+from ..config import default_config_path, load_config
+from ..errors import LlamaBatchesError
+from ..storage import StorageBackends
+from ..storage.config import PostgresBackendConfig, SqliteBackendConfig
+from ..storage.postgres import PostgresDatabase
+from ..storage.schema import StoreVersion
+from ..storage.sqlite import SqliteDatabase
 
 __all__ = ["db_app"]
 
@@ -76,7 +76,6 @@ def _state(store: StoreVersion) -> str:
 
 
 def _run(config: Path | None, action: Action) -> list[tuple[str, list[StoreVersion]]]:
-    from .cli import default_config_path  # the main command module imports this one
 
     try:
         return asyncio.run(_each_database(config or default_config_path(), action))

@@ -12,8 +12,8 @@ import typer
 from openai.types import FileObject
 from rich.markup import escape
 
-from .api import FilePurpose, Order
-from .cli_client import JsonOption, client_app, connect, console, file_rows, list_table, print_json, show_fields, when
+from ..api import FilePurpose, Order
+from .client import JsonOption, client_app, connect, console, file_rows, list_table, print_json, show_fields, when
 
 __all__ = ["files_app"]
 

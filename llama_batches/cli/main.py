@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
@@ -12,16 +10,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .api import BatchStatus
-from .cli_batches import batches_app
-from .cli_db import db_app
-from .cli_files import files_app
-from .cli_import import import_llama_stack_command
-from .cli_server import serve, worker
-from .errors import LlamaBatchesError
-from .local_run import RunPlan, run_file
-from .registry import default_registry
-from .stack import build_stack
+from ..api import BatchStatus
+from ..config import default_config_path
+from ..errors import LlamaBatchesError
+from ..local_run import RunPlan, run_file
+from ..registry import default_registry
+from ..stack import build_stack
+from .batches import batches_app
+from .db import db_app
+from .files import files_app
+from .import_llama_stack import import_llama_stack_command
+from .server import serve, worker
 
 __all__ = ["app", "default_config_path", "main"]
 
@@ -49,14 +48,6 @@ ConfigOption = Annotated[
 app.add_typer(batches_app, name="batches")
 app.add_typer(files_app, name="files")
 app.add_typer(db_app, name="db")
-
-
-def default_config_path() -> Path:
-    """``$LLAMA_BATCHES_CONFIG``, else the packaged embedded default config."""
-    configured = os.environ.get("LLAMA_BATCHES_CONFIG")
-    if configured:
-        return Path(configured)
-    return Path(str(resources.files("llama_batches") / "default-run.yaml"))
 
 
 def _fail(exc: LlamaBatchesError) -> typer.Exit:
@@ -168,7 +159,3 @@ app.command("import-llama-stack")(import_llama_stack_command)
 def main() -> None:
     """Entry point of the ``llama-batches`` script."""
     app()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,7 @@
+"""``python -m llama_batches.cli``: the ``llama-batches`` command."""
+
+from __future__ import annotations
+
+from .main import main
+
+main()
