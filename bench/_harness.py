@@ -1,7 +1,9 @@
 """Shared parts of the batches benchmark: the fake backend as a subprocess, the stack's run config, input files
 written to disk and uploaded by streaming, batch driving, RSS sampling and the results table.
 
-The repository root must be on ``sys.path`` before this module is imported (``bench_batches.py`` does it).
+The repository root must be on ``sys.path`` before this module is imported (``bench_batches.py`` does it). The fake
+backend is ``python -m tests.fake_backend`` run as a child process from the repository root; nothing is imported from
+``tests/``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import orjson
 
 from llama_batches import Stack
 from llama_batches.api import Batch, FilePurpose
-from tests.conftest import openai_provider, run_config
 
 __all__ = [
     "CHAT",
@@ -152,8 +153,24 @@ def stack_config(directory: Path, base_url: str, *, per_batch: int, global_cap: 
         "max_concurrent_requests_per_batch": per_batch,
         "max_concurrent_requests": max(global_cap, per_batch),
     }
-    batches = {"provider_id": "ref", "provider_type": "inline::reference", "config": engine}
-    return run_config(directory, openai_provider(base_url), extra_providers={"batches": [batches]})
+    files = {
+        "storage_dir": str(directory / "files"),
+        "metadata_store": {"backend": "sql_default", "table_name": "files_metadata"},
+    }
+    providers = {
+        "batches": [{"provider_id": "ref", "provider_type": "inline::reference", "config": engine}],
+        "files": [{"provider_id": "localfs", "provider_type": "inline::localfs", "config": files}],
+        "inference": [
+            {"provider_id": "fake", "provider_type": "remote::openai", "config": {"base_url": base_url, "api_key": "x"}}
+        ],
+    }
+    return {
+        "version": 2,
+        "apis": list(providers),
+        "providers": providers,
+        "storage": {"backends": {"sql_default": {"type": "sql_sqlite", "db_path": str(directory / "sql.db")}}},
+        "registered_resources": {"models": []},
+    }
 
 
 # driving -------------------------------------------------------------------------------------------------------
