@@ -22,7 +22,13 @@ optional ``code`` and ``param`` as fields, so nothing ever parses a message to l
         +-- MissingExtraError          an optional dependency is missing; says what to pip install
         +-- ProtocolComplianceError    a provider lacks methods of its API; names provider, API and every method
         +-- DependencyError            a missing API dependency or a dependency cycle
-        +-- ProviderRegistrationError  two providers claim the same (api, provider_type)
+        +-- ProviderRegistrationError  an invalid spec, or two providers claim the same (api, provider_type)
+        |   +-- BrokenProviderError    a config uses a provider of a skipped plugin; says which and why
+        |                              (defined in :mod:`llama_batches.registry`, beside the plugin it names)
+        +-- SchemaVersionError         a table's schema version does not fit this release
+            +-- SchemaTooNewError      migrated by a newer release
+            +-- SchemaOutdatedError    behind, and its backend says auto_migrate: false
+                                       (the three in :mod:`llama_batches.storage.schema`, beside the versions)
 
 A user's string quoted in a message goes through :func:`quoted` (and any other free text of unknown origin through
 :func:`bounded`): messages stay short, printable and storable anywhere (PostgreSQL text cannot hold NUL).
