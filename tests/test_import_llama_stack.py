@@ -33,7 +33,6 @@ from llama_batches.errors import ConfigError
 from llama_batches.migrate import ImportOptions, Outcome, Unfinished, import_llama_stack, read_source
 
 from .fake_backend import FakeBackend, Scripted
-from .llama_stack_venv import llama_stack_venv
 from .server_process import ServerProcess, free_port
 
 MODEL = "openai/fake-model"
@@ -255,14 +254,6 @@ async def _import(config: Path, *args: str) -> tuple[int, str]:
 # the acceptance test ------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def llama_bin() -> Path:
-    try:
-        return llama_stack_venv()
-    except LookupError as exc:
-        pytest.skip(str(exc))
-
-
 @asynccontextmanager
 async def _database(base: dict[str, Any] | None) -> AsyncIterator[dict[str, Any] | None]:
     """None for SQLite (``base`` None); for PostgreSQL, a database of its own on the server of ``base`` (the
@@ -295,7 +286,7 @@ def _slow_or_failing(slow: dict[str, bool]) -> Callable[[str, Any, int], Scripte
     return script
 
 
-async def _scenario(llama_bin: Path, directory: Path, postgres: dict[str, Any] | None) -> None:
+async def _scenario(llama_stack_bin: Path, directory: Path, postgres: dict[str, Any] | None) -> None:
     kind, slow = "sqlite" if postgres is None else "postgres", {"on": True}
     async with FakeBackend() as backend, _auth_endpoint() as auth_url, _database(postgres) as pg:
         backend.script = _slow_or_failing(slow)
@@ -304,7 +295,7 @@ async def _scenario(llama_bin: Path, directory: Path, postgres: dict[str, Any] |
         config = _config(directory, backends, backend.base_url, auth_url if authenticated else None)
         config_path = directory / "run.yaml"
         config_path.write_text(yaml.safe_dump(config))
-        async with _llama_stack(llama_bin, config_path, directory / "llama-stack.log") as url:
+        async with _llama_stack(llama_stack_bin, config_path, directory / "llama-stack.log") as url:
             ids = await _drive(url)
             before = await _snapshot(url)
         keyed = before["alice"]["batches"][ids["alice"][0]]
@@ -316,15 +307,15 @@ async def _scenario(llama_bin: Path, directory: Path, postgres: dict[str, Any] |
             await _check_served(server.base_url, ids, before, authenticated=authenticated)
 
 
-async def test_a_sqlite_deployment_with_owners_is_served_after_import(llama_bin: Path, tmp_path: Path) -> None:
-    await _scenario(llama_bin, tmp_path, None)
+async def test_a_sqlite_deployment_with_owners_is_served_after_import(llama_stack_bin: Path, tmp_path: Path) -> None:
+    await _scenario(llama_stack_bin, tmp_path, None)
 
 
 @pytest.mark.postgres
 async def test_a_postgres_deployment_is_served_after_import(
-    llama_bin: Path, tmp_path: Path, postgres: dict[str, Any]
+    llama_stack_bin: Path, tmp_path: Path, postgres: dict[str, Any]
 ) -> None:
-    await _scenario(llama_bin, tmp_path, postgres)
+    await _scenario(llama_stack_bin, tmp_path, postgres)
 
 
 FILE_FIELDS = ("id", "bytes", "created_at", "expires_at", "filename", "purpose")

@@ -26,7 +26,6 @@ import llama_batches
 from llama_batches.server.routes_llama_stack import redacted
 
 from .fake_backend import FakeBackend
-from .llama_stack_venv import llama_stack_venv
 from .server_process import ServerProcess
 from .test_provider_reference import reference_config
 from .test_server import Live, assert_openai_error
@@ -170,13 +169,6 @@ async def test_without_a_token_the_llama_stack_routes_are_401s(live: Live, path:
 # llama-stack-client (Python 3.12) --------------------------------------------------------------------------------
 
 
-def client_bin() -> Path:
-    try:
-        return llama_stack_venv()
-    except LookupError as exc:
-        pytest.skip(f"llama-stack-client needs Python 3.12: {exc}")
-
-
 def run(command: list[str], home: Path) -> str:
     """``command``'s output; it must succeed. HOME is empty (no client config file there overrides --endpoint),
     the terminal wide (rich would wrap the tables)."""
@@ -189,8 +181,10 @@ def run(command: list[str], home: Path) -> str:
     return done.stdout
 
 
-async def test_the_llama_stack_client_cli_reads_models_version_and_providers(live: Live, tmp_path: Path) -> None:
-    cli = [str(await asyncio.to_thread(client_bin) / "llama-stack-client")]
+async def test_the_llama_stack_client_cli_reads_models_version_and_providers(
+    live: Live, tmp_path: Path, llama_stack_bin: Path
+) -> None:
+    cli = [str(llama_stack_bin / "llama-stack-client")]
     cli += ["--endpoint", f"http://127.0.0.1:{live.server.port}", "--api-key", KEY]
     listed = await asyncio.to_thread(run, [*cli, "models", "list"], tmp_path)
     rows = {line.split("│")[2].strip(): line for line in listed.splitlines() if line.count("│") == 6}
@@ -236,8 +230,8 @@ print(json.dumps({
 """
 
 
-async def test_the_llama_stack_client_sdk_reads_every_field(live: Live, tmp_path: Path) -> None:
-    python = str(await asyncio.to_thread(client_bin) / "python")
+async def test_the_llama_stack_client_sdk_reads_every_field(live: Live, tmp_path: Path, llama_stack_bin: Path) -> None:
+    python = str(llama_stack_bin / "python")
     root = f"http://127.0.0.1:{live.server.port}"
     out = json.loads(await asyncio.to_thread(run, [python, "-c", SDK_SCRIPT, root, KEY], tmp_path))
     assert out["retrieved"] == {
