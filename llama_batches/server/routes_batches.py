@@ -22,7 +22,7 @@ from ..stack import Stack
 from .idempotency import HEADER, resolve_key
 from .openapi import IDEMPOTENCY_KEY_DOC, error_responses
 
-__all__ = ["BATCH_ID", "CreateBatchRequest", "check_storable", "known_batch_id", "router"]
+__all__ = ["BATCH_ID", "CreateBatchRequest", "check_storable", "create_strings", "known_batch_id", "router"]
 
 router = APIRouter(prefix="/v1/batches", tags=["Batches"])
 
@@ -59,10 +59,11 @@ def _stack(request: Request) -> Stack:
     return stack
 
 
-def _strings(body: CreateBatchRequest) -> Iterator[tuple[str, str]]:
-    """Every string of ``body`` with the param that names it."""
+def create_strings(body: Any) -> Iterator[tuple[str, str]]:
+    """Every string of a create body with the param that names it (ours, or any object with those attributes,
+    such as llama-stack's ``CreateBatchRequest``)."""
     for name in ("input_file_id", "endpoint", "completion_window", "idempotency_key", "idem_tok"):
-        value = getattr(body, name)
+        value = getattr(body, name, None)
         if isinstance(value, str):
             yield name, value
     for key, value in (body.metadata or {}).items():
@@ -97,7 +98,7 @@ async def create_batch(
     idempotency_key: Annotated[str | None, Header(alias=HEADER, description=IDEMPOTENCY_KEY_DOC)] = None,
 ) -> Batch:
     """Create a batch; with an idempotency key, a retry gets the same batch (and ``Idempotent-Replayed: true``)."""
-    check_storable(_strings(body))
+    check_storable(create_strings(body))
     key = resolve_key(request.headers.getlist(HEADER), body.idempotency_key, body.idem_tok)
     with watch_replay() as replayed:
         batch = await _stack(request).batches.create_batch(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -35,7 +35,7 @@ from llama_batches.errors import APIError, InvalidRequestError, ServiceUnavailab
 from llama_batches.principal import ANONYMOUS, acting_as
 from llama_batches.registry import ProviderDeps
 from llama_batches.server.idempotency import resolve_key
-from llama_batches.server.routes_batches import BATCH_ID, check_storable, known_batch_id
+from llama_batches.server.routes_batches import BATCH_ID, check_storable, create_strings, known_batch_id
 from llama_batches.storage import StorageBackends
 from llama_batches_reference import get_provider_impl as start_engine
 from llama_batches_reference.batches import ReferenceBatchesImpl
@@ -55,16 +55,6 @@ def _principal() -> str:
 
     user = get_authenticated_user()
     return user.principal if user is not None and user.principal else ANONYMOUS
-
-
-def _strings(request: CreateBatchRequest) -> Iterator[tuple[str, str]]:
-    for name in ("input_file_id", "endpoint", "completion_window", "idempotency_key"):
-        value = getattr(request, name)
-        if isinstance(value, str):
-            yield name, value
-    for key, value in (request.metadata or {}).items():
-        yield "metadata", key
-        yield ("metadata" if len(key) > 64 else f"metadata.{key}"), value
 
 
 class LlamaBatchesForLlamaStack:
@@ -118,7 +108,7 @@ class LlamaBatchesForLlamaStack:
     async def create_batch(self, request: CreateBatchRequest) -> Batch:
         """Create a batch; the same ``idempotency_key`` and parameters give back the same batch, others a 409."""
         async with self._serving() as engine:
-            check_storable(_strings(request))
+            check_storable(create_strings(request))
             key = resolve_key([], request.idempotency_key, None)
             return await engine.create_batch(
                 request.input_file_id,
