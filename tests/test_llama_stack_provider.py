@@ -166,7 +166,7 @@ async def test_a_batch_resumes_after_llama_stack_is_killed(
     llama_stack_bin: Path, tmp_path: Path, client_for: ClientFor
 ) -> None:
     config = _config(tmp_path, lease_ttl_s=2.0, max_concurrent_requests_per_batch=4)
-    async with FakeBackend(latency_s=0.2) as backend:
+    async with FakeBackend(latency_s=0.2, fail_rate=0.2, seed=1) as backend:  # and a fifth of answers 500 or 429
         env = _env(tmp_path, backend)
         first = LlamaStackProcess(llama_stack_bin, config, tmp_path / "first.log", env)
         await first.start()
@@ -202,6 +202,7 @@ async def test_a_batch_resumes_after_llama_stack_is_killed(
             ids = await _custom_ids(client, done.output_file_id)
             assert sorted(ids) == sorted(f"k-{i}" for i in range(60))  # every custom_id exactly once
             assert 60 <= backend.succeeded <= 60 + 4  # at most the requests in flight at the kill ran twice
+            assert backend.injected_failures > 0 and done.error_file_id is None  # every fault was retried away
 
 
 class _AuthService:
